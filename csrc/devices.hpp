@@ -1,0 +1,39 @@
+// ggml backend device discovery: lookup by name, system report, CPU thread control.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ggml-backend.h>
+
+namespace sdcpp {
+
+struct DeviceInfo {
+    std::string name;
+    std::string description;
+    std::string type;  // "cpu", "gpu", "igpu", "accel", "meta"
+    size_t memory_total = 0;
+    size_t memory_free = 0;
+};
+
+struct SystemInfo {
+    std::vector<DeviceInfo> devices;
+    std::vector<std::string> registries;
+    std::vector<std::pair<std::string, std::string>> cpu_features;
+};
+
+SystemInfo system_info();
+
+// "cpu", "auto" (first GPU, else CPU) or a device name from system_info (case-insensitive).
+// Throws std::invalid_argument listing the available devices if nothing matches.
+ggml_backend_dev_t find_device(const std::string& name);
+
+// The CPU device; throws std::runtime_error if ggml was built without one.
+ggml_backend_dev_t cpu_device();
+
+// Sets the thread count if the backend has that knob (CPU does, GPUs do not).
+void set_backend_threads(ggml_backend_t backend, int n_threads);
+
+}  // namespace sdcpp

@@ -1,0 +1,18 @@
+// Python bindings of the model graphs; each model file defines its own register_* function.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace sdcpp {
+
+void register_clip(pybind11::module_& m);  // models/clip_bindings.cpp
+void register_vae(pybind11::module_& m);   // models/vae_bindings.cpp
+void register_unet(pybind11::module_& m);  // models/unet_bindings.cpp
+
+inline void register_models(pybind11::module_& m) {
+    register_clip(m);
+    register_vae(m);
+    register_unet(m);
+}
+
+}  // namespace sdcpp

@@ -1,0 +1,208 @@
+// Python bindings of sdcpp._core. Argument checking happens here or in the helpers, before
+// any ggml call, because ggml reports misuse with GGML_ASSERT (process abort), not errors.
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <ggml.h>
+
+#include "bench.hpp"
+#include "convert.hpp"
+#include "devices.hpp"
+#include "pybuffer.hpp"
+#include "types.hpp"
+#include "models/register.hpp"
+#include "weight_store.hpp"
+
+namespace py = pybind11;
+using namespace sdcpp;
+
+namespace {
+
+py::dict py_system_info() {
+    const SystemInfo info = system_info();
+    py::list devices;
+    for (const auto& d : info.devices) {
+        py::dict e;
+        e["name"] = d.name;
+        e["description"] = d.description;
+        e["type"] = d.type;
+        e["memory_total"] = d.memory_total;
+        e["memory_free"] = d.memory_free;
+        devices.append(e);
+    }
+    py::dict features;
+    for (const auto& f : info.cpu_features) {
+        features[py::str(f.first)] = f.second;
+    }
+    py::dict out;
+    out["devices"] = devices;
+    out["registries"] = info.registries;
+    out["cpu_features"] = features;
+    return out;
+}
+
+py::dict py_type_info(const std::string& name) {
+    const ggml_type t = type_from_name(name);
+    py::dict d;
+    d["blck_size"] = ggml_blck_size(t);
+    d["type_size"] = ggml_type_size(t);
+    d["is_quantized"] = ggml_is_quantized(t);
+    d["can_quantize"] = type_can_quantize(t);
+    d["has_to_float"] = type_has_to_float(t);
+    return d;
+}
+
+size_t py_row_size(const std::string& type, int64_t n_per_row) {
+    return checked_row_size(type_from_name(type), n_per_row);
+}
+
+void require_to_float(ggml_type t) {
+    if (!type_has_to_float(t)) {
+        throw std::invalid_argument(std::string("cannot convert from ") + ggml_type_name(t) + " (no to_float)");
+    }
+}
+
+size_t expect_size(const ByteView& view, size_t row_bytes, int64_t n_rows, const char* what) {
+    if (n_rows < 0) {
+        throw std::invalid_argument("n_rows must be >= 0");
+    }
+    const size_t want = checked_mul(row_bytes, static_cast<size_t>(n_rows));
+    if (view.size() != want) {
+        throw std::invalid_argument(std::string(what) + " has " + std::to_string(view.size()) + " bytes, expected " +
+                                    std::to_string(want));
+    }
+    return want;
+}
+
+py::array_t<uint8_t> py_convert(py::handle src, const std::string& src_type, int64_t n_rows, int64_t n_per_row,
+                                const std::string& dst_type, int n_threads) {
+    const ggml_type st = type_from_name(src_type);
+    const ggml_type dt = type_from_name(dst_type);
+    const int threads = resolve_threads(n_threads);
+    const size_t src_row = checked_row_size(st, n_per_row);
+    const size_t dst_row = checked_row_size(dt, n_per_row);
+    if (st != dt) {
+        require_to_float(st);
+        if (!type_can_quantize(dt)) {
+            throw std::invalid_argument(std::string("cannot convert to ") + ggml_type_name(dt) +
+                                        (ggml_quantize_requires_imatrix(dt)
+                                             ? " (ggml needs an importance matrix for it)"
+                                             : " (ggml_quantize_chunk does not support it)"));
+        }
+    }
+    ByteView view(src, "src");
+    const size_t in_bytes = expect_size(view, src_row, n_rows, "src");
+    py::array_t<uint8_t> out(static_cast<py::ssize_t>(checked_mul(dst_row, static_cast<size_t>(n_rows))));
+    uint8_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        if (st == dt) {
+            std::memcpy(dst, view.data(), in_bytes);
+        } else {
+            convert_rows(st, view.data(), dt, dst, n_rows, n_per_row, threads);
+        }
+    }
+    return out;
+}
+
+py::array_t<float> py_dequantize(py::handle src, const std::string& src_type, int64_t n, int n_threads) {
+    const ggml_type st = type_from_name(src_type);
+    const int threads = resolve_threads(n_threads);
+    require_to_float(st);
+    if (n < 0) {
+        throw std::invalid_argument("n must be >= 0");
+    }
+    const int64_t blck = ggml_blck_size(st);
+    if (n % blck != 0) {
+        throw std::invalid_argument("n=" + std::to_string(n) + " is not a multiple of the " + src_type +
+                                    " block size " + std::to_string(blck));
+    }
+    ByteView view(src, "src");
+    expect_size(view, ggml_type_size(st), n / blck, "src");
+    py::array_t<float> out(static_cast<py::ssize_t>(n));
+    float* dst = out.mutable_data();
+    if (n > 0) {
+        py::gil_scoped_release nogil;
+        // One block per "row": dequantization is block-local, and this lets it use threads.
+        convert_rows(st, view.data(), GGML_TYPE_F32, reinterpret_cast<uint8_t*>(dst), n / blck, blck, threads);
+    }
+    return out;
+}
+
+double py_bench(const std::string& type, int64_t M, int64_t N, int64_t K, int iters, int n_threads, bool repack) {
+    const ggml_type t = type_from_name(type);
+    check_bench_args(t, M, N, K, iters, n_threads);
+    py::gil_scoped_release nogil;
+    return bench_mul_mat(t, M, N, K, iters, n_threads, repack);
+}
+
+void bind_weight_store(py::module_& m) {
+    py::class_<WeightStore>(m, "WeightStore",
+                            "Named ggml tensors in one backend buffer: add() all, allocate(), then set()/get().")
+        .def(py::init<const std::string&, int>(), py::arg("device") = "cpu", py::arg("n_threads") = 0)
+        .def(
+            "add",
+            [](WeightStore& s, const std::string& name, const std::string& type, const std::vector<int64_t>& ne) {
+                s.add(name, type_from_name(type), ne);
+            },
+            py::arg("name"), py::arg("type"), py::arg("ne"))
+        .def("allocate", &WeightStore::allocate)
+        .def("buffer_size", &WeightStore::buffer_size)
+        .def(
+            "set",
+            [](WeightStore& s, const std::string& name, py::handle data) {
+                ByteView view(data, "data");
+                py::gil_scoped_release nogil;
+                s.set(name, view.data(), view.size());
+            },
+            py::arg("name"), py::arg("data"))
+        .def(
+            "get",
+            [](const WeightStore& s, const std::string& name) {
+                const size_t n = s.nbytes(name);
+                py::array_t<uint8_t> out(static_cast<py::ssize_t>(n));
+                uint8_t* dst = out.mutable_data();
+                {
+                    py::gil_scoped_release nogil;
+                    s.get(name, dst, n);
+                }
+                return out;
+            },
+            py::arg("name"))
+        .def("names", &WeightStore::names)
+        .def(
+            "type", [](const WeightStore& s, const std::string& name) { return std::string(type_name(s.type(name))); },
+            py::arg("name"))
+        .def("ne", &WeightStore::ne, py::arg("name"))
+        .def("nbytes", &WeightStore::nbytes, py::arg("name"))
+        .def("device", &WeightStore::device);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "sdcpp native core: ggml type conversion, device info and weight storage";
+
+    m.def("ggml_version", [] { return std::string(ggml_version()); });
+    m.def("ggml_commit", [] { return std::string(ggml_commit()); });
+    m.def("system_info", &py_system_info);
+    m.def("type_info", &py_type_info, py::arg("name"));
+    m.def("type_names", &type_names);
+    m.def("row_size", &py_row_size, py::arg("type"), py::arg("n_per_row"));
+    m.def("convert", &py_convert, py::arg("src"), py::arg("src_type"), py::arg("n_rows"), py::arg("n_per_row"),
+          py::arg("dst_type"), py::arg("n_threads") = 0,
+          "Convert n_rows rows of n_per_row elements between ggml types; returns raw bytes (uint8).");
+    m.def("dequantize", &py_dequantize, py::arg("src"), py::arg("src_type"), py::arg("n"), py::arg("n_threads") = 0,
+          "Decode n elements of src_type into a float32 array.");
+    m.def("bench_mul_mat", &py_bench, py::arg("type"), py::arg("M"), py::arg("N"), py::arg("K"),
+          py::arg("iters") = 10, py::arg("n_threads") = 2, py::arg("repack") = false,
+          "Best wall time (s) of a (M x K weight) x (K x N f32) mul_mat on the CPU backend.");
+    bind_weight_store(m);
+
+    register_models(m);  // graph bindings live next to each model (csrc/models/)
+}

@@ -1,0 +1,120 @@
+#include "runtime/graph_runner.hpp"
+
+#include <cstring>
+#include <stdexcept>
+
+#include "convert.hpp"
+#include "devices.hpp"
+
+namespace sdcpp {
+
+GraphRunner::GraphRunner(WeightStore& weights, int n_threads)
+    : weights_(weights), n_threads_(resolve_threads(n_threads)) {
+    if (!weights_.allocated()) {
+        throw std::invalid_argument("GraphRunner: the WeightStore must be allocated first");
+    }
+    galloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(weights_.backend()));
+    if (galloc_ == nullptr) {
+        throw std::runtime_error("GraphRunner: could not create a graph allocator");
+    }
+}
+
+GraphRunner::~GraphRunner() {
+    free_graph();
+    ggml_gallocr_free(galloc_);
+}
+
+void GraphRunner::free_graph() {
+    if (ctx_ != nullptr) {
+        ggml_free(ctx_);
+        ctx_ = nullptr;
+    }
+    pending_.clear();
+}
+
+ggml_context* GraphRunner::begin(size_t max_nodes) {
+    free_graph();
+    max_nodes_ = max_nodes;
+    // Metadata only (no_alloc): tensor data lives in the gallocr buffer.
+    ggml_init_params params{};
+    params.mem_size = ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
+    params.mem_buffer = nullptr;
+    params.no_alloc = true;
+    ctx_ = ggml_init(params);
+    if (ctx_ == nullptr) {
+        throw std::runtime_error("GraphRunner: ggml_init failed");
+    }
+    return ctx_;
+}
+
+ggml_tensor* GraphRunner::input(ggml_type type, const std::vector<int64_t>& ne, const void* data, size_t nbytes) {
+    if (ctx_ == nullptr) {
+        throw std::logic_error("GraphRunner::input before begin()");
+    }
+    if (ne.empty() || ne.size() > GGML_MAX_DIMS) {
+        throw std::invalid_argument("GraphRunner::input: 1 to 4 dimensions");
+    }
+    int64_t dims[GGML_MAX_DIMS] = {1, 1, 1, 1};
+    for (size_t i = 0; i < ne.size(); ++i) {
+        if (ne[i] <= 0) {
+            throw std::invalid_argument("GraphRunner::input: dimensions must be positive");
+        }
+        dims[i] = ne[i];
+    }
+    ggml_tensor* t = ggml_new_tensor(ctx_, type, static_cast<int>(ne.size()), dims);
+    if (ggml_nbytes(t) != nbytes) {
+        throw std::invalid_argument("GraphRunner::input: got " + std::to_string(nbytes) + " bytes, tensor needs " +
+                                    std::to_string(ggml_nbytes(t)));
+    }
+    ggml_set_input(t);
+    PendingInput p{t, std::vector<uint8_t>(nbytes)};
+    std::memcpy(p.bytes.data(), data, nbytes);
+    pending_.push_back(std::move(p));
+    return t;
+}
+
+ggml_tensor* GraphRunner::weight(const std::string& name) const {
+    ggml_tensor* t = weights_.tensor(name);
+    if (t == nullptr) {
+        throw std::invalid_argument("model weight '" + name + "' is missing");
+    }
+    return t;
+}
+
+bool GraphRunner::has_weight(const std::string& name) const {
+    return weights_.contains(name);
+}
+
+void GraphRunner::run(const std::vector<ggml_tensor*>& outputs) {
+    if (ctx_ == nullptr) {
+        throw std::logic_error("GraphRunner::run before begin()");
+    }
+    ggml_cgraph* gf = ggml_new_graph_custom(ctx_, max_nodes_, false);
+    for (ggml_tensor* out : outputs) {
+        ggml_set_output(out);
+        ggml_build_forward_expand(gf, out);
+    }
+    if (!ggml_gallocr_alloc_graph(galloc_, gf)) {
+        throw std::runtime_error("GraphRunner: could not allocate the compute buffer");
+    }
+    for (const auto& p : pending_) {
+        ggml_backend_tensor_set(p.tensor, p.bytes.data(), 0, p.bytes.size());
+    }
+    set_backend_threads(weights_.backend(), n_threads_);
+    if (ggml_backend_graph_compute(weights_.backend(), gf) != GGML_STATUS_SUCCESS) {
+        throw std::runtime_error("GraphRunner: graph computation failed");
+    }
+}
+
+void GraphRunner::read(const ggml_tensor* t, void* dst, size_t size) const {
+    if (size != ggml_nbytes(t)) {
+        throw std::invalid_argument("GraphRunner::read: size mismatch");
+    }
+    ggml_backend_tensor_get(t, dst, 0, size);
+}
+
+size_t GraphRunner::compute_buffer_size() const {
+    return ggml_gallocr_get_buffer_size(galloc_, 0);
+}
+
+}  // namespace sdcpp

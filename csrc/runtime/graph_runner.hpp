@@ -1,0 +1,65 @@
+// Runs forward graphs over the weights in a WeightStore, on the store's backend.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ggml-alloc.h>
+#include <ggml-backend.h>
+#include <ggml.h>
+
+#include "weight_store.hpp"
+
+namespace sdcpp {
+
+// Usage per forward pass:
+//   ggml_context* ctx = runner.begin();
+//   ggml_tensor* x = runner.input(GGML_TYPE_F32, {W, H, C, N}, data, nbytes);
+//   ggml_tensor* y = ... ops on x and runner.weight("unet.conv_in.weight") ...;
+//   runner.run({y});  runner.read(y, out, nbytes);
+// The compute buffer (ggml_gallocr) lives as long as the runner and only grows, so repeated calls
+// with the same shapes (sampler steps) allocate nothing. Not thread-safe: one pass at a time.
+class GraphRunner {
+public:
+    explicit GraphRunner(WeightStore& weights, int n_threads = 0);
+    ~GraphRunner();
+    GraphRunner(const GraphRunner&) = delete;
+    GraphRunner& operator=(const GraphRunner&) = delete;
+
+    // Starts a new graph; tensors of the previous one become invalid.
+    ggml_context* begin(size_t max_nodes = 65536);
+    ggml_context* ctx() const { return ctx_; }
+
+    // A graph input; `data` is copied now and uploaded after allocation.
+    ggml_tensor* input(ggml_type type, const std::vector<int64_t>& ne, const void* data, size_t nbytes);
+    // A weight by canonical name; throws std::invalid_argument naming a missing tensor.
+    ggml_tensor* weight(const std::string& name) const;
+    bool has_weight(const std::string& name) const;
+
+    // Builds, allocates and computes the graph producing `outputs`.
+    void run(const std::vector<ggml_tensor*>& outputs);
+    // Copies a computed tensor (contiguous) out; size must equal ggml_nbytes.
+    void read(const ggml_tensor* t, void* dst, size_t size) const;
+
+    size_t compute_buffer_size() const;
+    int n_threads() const { return n_threads_; }
+    WeightStore& weights() const { return weights_; }
+
+private:
+    struct PendingInput {
+        ggml_tensor* tensor;
+        std::vector<uint8_t> bytes;
+    };
+    void free_graph();
+
+    WeightStore& weights_;
+    int n_threads_;
+    ggml_gallocr_t galloc_ = nullptr;
+    ggml_context* ctx_ = nullptr;
+    size_t max_nodes_ = 0;
+    std::vector<PendingInput> pending_;
+};
+
+}  // namespace sdcpp

@@ -1,0 +1,77 @@
+"""Public entry points. Each one runs the same path: open -> canonical index -> detect -> plan."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .detect import detect
+from .index import TensorIndex, open_model
+from .plan import QuantPlan, make_plan
+from .report import Inspection
+from .request import QuantRequest
+
+log = logging.getLogger("sdcpp")
+
+
+def _prepare(model, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None,
+             **request) -> tuple[TensorIndex, QuantPlan]:
+    req = QuantRequest.make(**request)  # validate the request before touching any file
+    index = open_model(model, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
+    try:
+        plan = make_plan(index, detect(index, prediction), req)
+    except BaseException:
+        index.close()
+        raise
+    for path, name in index.notes.unknown:
+        log.warning("%s: unknown tensor '%s' is not loaded", path, name)
+    return index, plan
+
+
+def inspect(model, *, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None,
+            type=None, unet_type=None, te_type=None, vae_type=None, rules=None) -> Inspection:
+    """Read headers only (no tensor data) and report the detected model and what a request would store.
+
+    `model`: a .safetensors / .gguf file, a diffusers folder, or a list of them (later ones replace the
+    components they hold); `vae=` etc.: single-component files. `type`, `unet_type`, `te_type`,
+    `vae_type`: f32, f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1, q2_K..q6_K; `rules`: "regex=type" items on
+    canonical names, first match wins."""
+    index, plan = _prepare(model, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                           prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
+                           rules=rules)
+    index.close()
+    return Inspection.build(index, plan)
+
+
+def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None,
+             type=None, unet_type=None, te_type=None, vae_type=None, rules=None, n_threads: int = 0,
+             progress=True) -> Inspection:
+    """Write a GGUF holding every tensor in its planned type, with sdcpp metadata (family, prediction,
+    request, policy version, original shapes of flattened kernels). Written to a temporary file and
+    renamed into place; on any error or Ctrl-C nothing is left at `dst`."""
+    from .quant.gguf_out import write_gguf
+
+    index, plan = _prepare(src, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                           prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
+                           rules=rules)
+    try:
+        write_gguf(dst, index, plan, n_threads=n_threads, progress=progress)
+    finally:
+        index.close()
+    log.info("wrote %s (%d tensors)", os.fspath(dst), len(plan))
+    return Inspection.build(index, plan)
+
+
+def load_weights(model, *, device: str = "cpu", n_threads: int = 0, progress=True, unet=None, vae=None,
+                 text_encoder=None, text_encoder_2=None, prediction=None, type=None, unet_type=None,
+                 te_type=None, vae_type=None, rules=None):
+    """Load every tensor in its planned type into one ggml backend buffer (quantize-on-load)."""
+    from .weights import load_planned
+
+    index, plan = _prepare(model, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                           prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
+                           rules=rules)
+    try:
+        return load_planned(index, plan, device=device, n_threads=n_threads, progress=progress)
+    finally:
+        index.close()

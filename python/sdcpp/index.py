@@ -1,0 +1,78 @@
+"""The canonical tensor index: every source, whatever its format, ends up as one of these."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .io.open import read_source
+from .io.raw import MappedFiles, RawSource
+from .names.canonicalize import CanonicalTensor, IngestNotes, canonicalize
+from .names.tables import COMPONENTS
+
+
+@dataclass
+class TensorIndex:
+    tensors: dict[str, CanonicalTensor]
+    sources: list[RawSource]
+    notes: IngestNotes
+    overridden: list[tuple[str, str, str]] = field(default_factory=list)  # (component, replaced file, by file)
+    files: MappedFiles = field(default_factory=MappedFiles, repr=False)
+
+    def __iter__(self):
+        return iter(self.tensors.values())
+
+    def __len__(self):
+        return len(self.tensors)
+
+    def __getitem__(self, name) -> CanonicalTensor:
+        return self.tensors[name]
+
+    def __contains__(self, name):
+        return name in self.tensors
+
+    def components(self) -> list[str]:
+        present = {t.component for t in self}
+        return [c for c in COMPONENTS if c in present]
+
+    def of(self, component) -> list[CanonicalTensor]:
+        return [t for t in self if t.component == component]
+
+    @property
+    def metadata(self) -> dict:
+        """Metadata of the main source (the first one)."""
+        return self.sources[0].metadata if self.sources else {}
+
+    def close(self):
+        self.files.close()
+
+
+def open_model(model, *, unet=None, vae=None, text_encoder=None, text_encoder_2=None) -> TensorIndex:
+    """Read headers of `model` (a path or a list of paths, later ones overriding the components they
+    hold) plus optional single-component files, e.g. `vae="sdxl_vae.safetensors"`."""
+    paths = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+    if not paths:
+        raise ValueError("no model path given")
+    jobs = [(p, None) for p in paths]
+    singles = zip(COMPONENTS, (text_encoder, text_encoder_2, unet, vae), strict=True)
+    jobs += [(p, c) for c, p in singles if p is not None]
+
+    tensors: dict[str, CanonicalTensor] = {}
+    sources, overridden = [], []
+    notes = IngestNotes([], [])
+    for path, hint in jobs:
+        source = read_source(path)
+        canon, n = canonicalize(source, hint)
+        sources.append(source)
+        notes.ignored += n.ignored
+        notes.unknown += n.unknown
+        # A later file replaces whole components: mixing two VAEs tensor by tensor is never intended.
+        for comp in sorted({t.component for t in canon}):
+            old = [name for name, t in tensors.items() if t.component == comp]
+            if old:
+                overridden.append((comp, tensors[old[0]].source.path, source.path))
+                for name in old:
+                    del tensors[name]
+        for t in canon:
+            tensors[t.name] = t
+    return TensorIndex(tensors, sources, notes, overridden)

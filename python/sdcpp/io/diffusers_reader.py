@@ -1,0 +1,80 @@
+"""Diffusers folders: one safetensors file (or shard set) per component folder, next to its config.json.
+Tensor names get the folder name as prefix, which is exactly sdcpp's canonical form."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+from ..errors import ModelFormatError
+from .raw import RawSource
+from .safetensors_reader import read_safetensors
+
+COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2")
+WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
+
+
+def is_diffusers_folder(path) -> bool:
+    return os.path.isdir(path) and any(os.path.isdir(os.path.join(path, c)) for c in COMPONENT_FOLDERS)
+
+
+def _weight_files(folder):
+    """The safetensors file(s) of one component folder: plain, fp16 variant, or a sharded index."""
+    for stem in WEIGHT_STEMS:
+        for variant in ("", ".fp16"):
+            single = os.path.join(folder, f"{stem}{variant}.safetensors")
+            if os.path.isfile(single):
+                return [single]
+            index = single + ".index.json"
+            if os.path.isfile(index):
+                try:
+                    with open(index) as f:
+                        weight_map = json.load(f)["weight_map"]
+                    shards = sorted(set(weight_map.values()))
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                    raise ModelFormatError(index, f"unreadable shard index: {e}") from e
+                return [os.path.join(folder, s) for s in shards]
+    if any(f.endswith((".bin", ".ckpt", ".pt")) for f in os.listdir(folder)):
+        raise ModelFormatError(folder, "only pickled weights found; sdcpp reads .safetensors here")
+    return []
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ModelFormatError(path, f"unreadable JSON: {e}") from e
+
+
+def read_diffusers_folder(path) -> RawSource:
+    path = os.fspath(path)
+    tensors, configs, component_of, metadata = [], {}, {}, {}
+    for comp in COMPONENT_FOLDERS:
+        folder = os.path.join(path, comp)
+        if not os.path.isdir(folder):
+            continue
+        files = _weight_files(folder)
+        if not files:
+            raise ModelFormatError(folder, "component folder holds no weights")
+        configs[comp] = _read_json(os.path.join(folder, "config.json")) or {}
+        for file in files:
+            for t in read_safetensors(file).tensors:
+                name = f"{comp}.{t.name}"
+                if name in component_of:
+                    raise ModelFormatError(file, "tensor appears in two shards", tensor=t.name, rule="duplicate")
+                component_of[name] = comp
+                tensors.append(replace(t, name=name))
+    if not tensors:
+        raise ModelFormatError(path, "no component folders with weights (unet/, vae/, text_encoder/, ...)")
+    scheduler = _read_json(os.path.join(path, "scheduler", "scheduler_config.json"))
+    if scheduler:
+        configs["scheduler"] = scheduler
+    model_index = _read_json(os.path.join(path, "model_index.json"))
+    if model_index:
+        metadata["model_index"] = model_index
+    return RawSource(path=path, format="diffusers", tensors=tensors, metadata=metadata, configs=configs,
+                     component_of=component_of)

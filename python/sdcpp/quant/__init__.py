@@ -1,0 +1,1 @@
+"""Turning planned tensors into stored bytes (shared by quantize-on-load and the GGUF writer)."""

@@ -1,0 +1,61 @@
+"""The bytes of one canonical tensor in the planned type.
+
+Both the loader and `quantize()` call `planned_bytes`, so quantize-on-load and loading the written GGUF
+give the same bytes by construction (the invariant is also tested)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ggml_types
+from .._native import core
+from ..io.raw import NUMPY_DTYPE
+from ..names.canonicalize import CanonicalTensor
+from ..plan import PlanEntry
+
+_FLOATS = ("f32", "f16", "bf16", "f64")
+
+
+def _arrange(arr: np.ndarray, t: CanonicalTensor) -> np.ndarray:
+    """Apply the canonical split/transpose to an array in the stored logical shape."""
+    if t.split:
+        part, parts = t.split
+        k = arr.shape[0] // parts
+        arr = arr[part * k:(part + 1) * k]
+    if t.transpose:
+        arr = arr.T
+    return np.ascontiguousarray(arr)
+
+
+def source_array(files, t: CanonicalTensor) -> tuple[np.ndarray, str]:
+    """(contiguous data in canonical order, its ggml type). Float sources keep their type; quantized
+    sources keep their bytes when rows stay whole, else are dequantized to f32."""
+    raw = files.view(t.source)
+    dtype = t.dtype
+    if dtype in _FLOATS:
+        arr = raw.view(NUMPY_DTYPE[dtype]).reshape(t.source.shape)
+        if dtype == "f64":
+            arr, dtype = arr.astype(np.float32), "f32"
+        return _arrange(arr, t), dtype
+    blck = ggml_types.get(dtype).blck_size
+    stored_row = t.source.shape[-1] if t.source.shape else 1
+    rows_whole = t.rows[1] % blck == 0 and (not t.split or stored_row % blck == 0)
+    if rows_whole and not t.transpose:
+        if t.split:
+            part, parts = t.split
+            n_rows = t.source.numel // stored_row
+            row_bytes = t.source.nbytes // n_rows
+            k = n_rows // parts
+            raw = raw[part * k * row_bytes:(part + 1) * k * row_bytes]
+        return raw, dtype
+    f32 = core().dequantize(raw, dtype, t.source.numel).reshape(t.source.shape)
+    return _arrange(f32, t), "f32"
+
+
+def planned_bytes(files, t: CanonicalTensor, entry: PlanEntry, n_threads: int = 0) -> np.ndarray:
+    """The tensor's bytes in `entry.type`, rows of `entry.rows[1]` elements (uint8 array)."""
+    data, dtype = source_array(files, t)
+    rows, n = entry.rows
+    if dtype == entry.type:
+        return data.reshape(-1).view(np.uint8)
+    return core().convert(data, dtype, rows, n, entry.type, n_threads)

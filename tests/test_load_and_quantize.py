@@ -108,3 +108,14 @@ def test_comfy_gguf_unet_loads_like_the_original(fixtures_dir):
     orig = sdcpp.load_weights(fixtures_dir / "sdxl" / "single.safetensors", type="f16", progress=False)
     for name in comfy.names():
         assert np.array_equal(comfy.bytes(name), orig.bytes(name)), name
+
+
+def test_configs_survive_quantize(fixtures_dir, tmp_path):
+    src = fixtures_dir / "sdxl" / "diffusers"
+    w = sdcpp.load_weights(src, type="q8_0", progress=False)
+    assert w.configs["unet"]["cross_attention_dim"] == 128
+    out = tmp_path / "q.gguf"
+    sdcpp.quantize(src, out, type="q8_0", progress=False)
+    again = sdcpp.load_weights(out, progress=False)
+    assert again.configs["unet"]["cross_attention_dim"] == 128
+    assert again.configs["text_encoder_2"]["num_attention_heads"] == w.configs["text_encoder_2"]["num_attention_heads"]

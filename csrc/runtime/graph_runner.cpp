@@ -74,11 +74,11 @@ ggml_tensor* GraphRunner::input(ggml_type type, const std::vector<int64_t>& ne, 
 }
 
 ggml_tensor* GraphRunner::weight(const std::string& name) const {
-    ggml_tensor* t = weights_.tensor(name);
-    if (t == nullptr) {
+    if (!weights_.contains(name)) {
         throw std::invalid_argument("model weight '" + name + "' is missing");
     }
-    return t;
+    used_.insert(name);
+    return weights_.tensor(name);
 }
 
 bool GraphRunner::has_weight(const std::string& name) const {

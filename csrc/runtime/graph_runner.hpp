@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,8 @@ public:
     void read(const ggml_tensor* t, void* dst, size_t size) const;
 
     size_t compute_buffer_size() const;
+    // Every weight name a graph of this runner has asked for: lets tests prove no tensor goes unread.
+    const std::set<std::string>& used_weights() const { return used_; }
     int n_threads() const { return n_threads_; }
     WeightStore& weights() const { return weights_; }
 
@@ -60,6 +63,7 @@ private:
     ggml_context* ctx_ = nullptr;
     size_t max_nodes_ = 0;
     std::vector<PendingInput> pending_;
+    mutable std::set<std::string> used_;
 };
 
 }  // namespace sdcpp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -9,6 +10,8 @@ from .io.open import read_source
 from .io.raw import MappedFiles, RawSource
 from .names.canonicalize import CanonicalTensor, IngestNotes, canonicalize
 from .names.tables import COMPONENTS
+
+CONFIG_KEY = "sdcpp.config."  # GGUF key prefix holding a component's config as JSON
 
 
 @dataclass
@@ -42,6 +45,22 @@ class TensorIndex:
     def metadata(self) -> dict:
         """Metadata of the main source (the first one)."""
         return self.sources[0].metadata if self.sources else {}
+
+    @property
+    def configs(self) -> dict[str, dict]:
+        """component -> architecture config (diffusers config.json, or what sdcpp's GGUF recorded of it).
+        Shapes fix most hyper-parameters; configs add what shapes cannot tell, like attention head counts."""
+        out: dict[str, dict] = {}
+        for source in self.sources:
+            out.update({c: cfg for c, cfg in source.configs.items() if c in COMPONENTS})
+            for key, value in source.metadata.items():
+                if key.startswith(CONFIG_KEY) and isinstance(value, str):
+                    try:
+                        out[key[len(CONFIG_KEY):]] = json.loads(value)
+                    except ValueError:
+                        pass  # a damaged optional hint: shapes and family defaults still apply
+        present = set(self.components())
+        return {c: cfg for c, cfg in out.items() if c in present}
 
     def close(self):
         self.files.close()

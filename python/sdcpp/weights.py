@@ -26,9 +26,10 @@ def stored_ne(entry: PlanEntry) -> list[int]:
 class Weights:
     """Weights of one model in a ggml backend buffer, under canonical names."""
 
-    def __init__(self, store, plan: QuantPlan):
-        self._store = store
+    def __init__(self, store, plan: QuantPlan, configs: dict | None = None):
+        self._store = store  # sdcpp._core.WeightStore; model graphs read it directly
         self.plan = plan
+        self.configs = configs or {}  # component -> architecture config, where a source declared one
 
     @property
     def spec(self) -> ModelSpec:
@@ -76,4 +77,4 @@ def load_planned(index, plan: QuantPlan, device: str = "cpu", n_threads: int = 0
     log.info("allocated %.1f MiB of weights on %s", store.buffer_size() / 2**20, store.device())
     for e in track(plan, len(plan), "loading weights", progress):
         store.set(e.name, planned_bytes(index.files, index[e.name], e, n_threads))
-    return Weights(store, plan)
+    return Weights(store, plan, index.configs)

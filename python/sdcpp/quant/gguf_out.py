@@ -10,6 +10,7 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter
 
 from .. import ggml_types
+from ..index import CONFIG_KEY
 from ..plan import POLICY_VERSION, QuantPlan
 from ..progress import track
 from .materialize import planned_bytes
@@ -31,7 +32,7 @@ def _dominant_types(plan: QuantPlan) -> dict[str, str]:
     return out
 
 
-def _add_metadata(w: GGUFWriter, plan: QuantPlan, source_files: list[str]):
+def _add_metadata(w: GGUFWriter, plan: QuantPlan, source_files: list[str], configs: dict):
     w.add_quantization_version(GGML_QUANT_VERSION)
     if source_files:
         w.add_name(os.path.splitext(os.path.basename(source_files[0].rstrip("/")))[0])
@@ -44,6 +45,8 @@ def _add_metadata(w: GGUFWriter, plan: QuantPlan, source_files: list[str]):
     w.add_array("sdcpp.source_files", [os.path.basename(p.rstrip("/")) for p in source_files])
     for comp, t in _dominant_types(plan).items():
         w.add_string(f"sdcpp.type.{comp}", t)
+    for comp, cfg in configs.items():
+        w.add_string(f"{CONFIG_KEY}{comp}", json.dumps(cfg, sort_keys=True))
     for e in plan:
         if _stored_shape(e) != e.shape and e.shape:
             w.add_array(f"sdcpp.orig_shape.{e.name}", np.asarray(e.shape, dtype=np.int32).tolist())
@@ -55,7 +58,7 @@ def write_gguf(dst, index, plan: QuantPlan, n_threads: int = 0, progress=True):
     w = None
     try:
         w = GGUFWriter(tmp, ARCHITECTURE)
-        _add_metadata(w, plan, [s.path for s in index.sources])
+        _add_metadata(w, plan, [s.path for s in index.sources], index.configs)
         for e in plan:
             w.add_tensor_info(e.name, _stored_shape(e), np.dtype(np.float32), e.bytes_after,
                               raw_dtype=GGMLQuantizationType(ggml_types.get(e.type).id))

@@ -52,8 +52,10 @@ class Inspection:
 
     def to_dict(self) -> dict:
         before, after = self.totals()
+        spec = self.spec.to_dict()
+        spec["components_present"] = spec.pop("components")  # "components" is the per-type summary below
         return dict(
-            paths=self.paths, formats=self.formats, **self.spec.to_dict(),
+            paths=self.paths, formats=self.formats, **spec,
             request=self.plan.request.to_dict(), policy_version=self.plan.policy_version,
             components=self.plan.summary(), bytes_before=before, bytes_after=after,
             fallbacks=[dict(name=e.name, requested=e.requested, type=e.type, reason=e.reason)

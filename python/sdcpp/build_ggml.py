@@ -43,7 +43,8 @@ def _pip_rebuild() -> list[str]:
 
 def run(cuda: str | None = None, dry_run: bool = False) -> int:
     if cuda:
-        subprocess.run([sys.executable, "-m", "pip", "install", CUBLAS_PACKAGE], check=False) if not dry_run else None
+        if not dry_run:  # cuBLAS headers/libs for the build, when the CUDA toolkit lacks them
+            subprocess.run([sys.executable, "-m", "pip", "install", CUBLAS_PACKAGE], check=False)
         cmd, env = cuda_command(cuda)
     else:
         cmd, env = cpu_command()

@@ -21,6 +21,7 @@ SMALL_TENSOR = 1024
 # f16 under quantized requests (stable-diffusion.cpp and ComfyUI-GGUF keep them unquantized too).
 SENSITIVE = re.compile(r"^unet\.(conv_in|conv_out|time_embedding|add_embedding)\.|"
                        r"^text_encoder(_2)?\.text_model\.embeddings\.position_embedding\.")
+SENSITIVE_REASON = "precision-sensitive layer (input/output conv, timestep or position embedding) kept f16"
 # Rows that don't fit a K-quant's 256-element block fall back to the 32-block type of nearest bits.
 K_FALLBACK = {"q2_K": "q4_0", "q3_K": "q4_0", "q4_K": "q4_0", "q5_K": "q5_0", "q6_K": "q8_0"}
 SDXL_FAMILIES = ("sdxl", "sdxl_refiner")
@@ -93,28 +94,26 @@ def _fit_blocks(t: CanonicalTensor, wanted: str) -> tuple[str, str | None]:
 
 
 def decide(t: CanonicalTensor, spec: ModelSpec, request: QuantRequest) -> tuple[str | None, str, str | None]:
-    """(requested, chosen, reason) for one tensor."""
+    """(requested, chosen, reason) for one tensor; reason is None exactly when chosen is what was asked
+    (or, with no request, the stored type)."""
     rule = request.rule_for(t.name)
-    if rule is not None:
-        requested, origin = rule.type, "rule"
-    else:
-        requested, origin = request.for_component(t.component)
+    requested, origin = (rule.type, "rule") if rule else request.for_component(t.component)
     keep = _source_float(t.dtype)
+    asked = requested or keep
+
+    def fixed(chosen, why):
+        return requested, chosen, None if chosen == asked else why
+
     if len(t.shape) <= 1:
-        return requested, "f32", None if requested in (None, "f32") and keep == "f32" else \
-            "1-D tensor (bias, norm or scalar) kept f32"
+        return fixed("f32", "1-D tensor (bias, norm or scalar) kept f32")
     if t.component == "vae" and spec.family in SDXL_FAMILIES and origin in (None, "type"):
-        return requested, "f32", None if requested in (None, "f32") and keep == "f32" else \
-            "SDXL VAE kept f32 (its decoder activations overflow f16); set vae_type to change"
-    if requested is None:
-        return None, keep, None
-    if not ggml_types.get(requested).is_quantized or requested == keep:
-        return requested, requested, None
+        return fixed("f32", "SDXL VAE kept f32 (its decoder activations overflow f16); set vae_type to change")
+    if requested is None or requested == keep or not ggml_types.get(requested).is_quantized:
+        return requested, asked, None
     if t.numel < SMALL_TENSOR:
         return requested, "f32", f"small tensor ({t.numel} elements) kept f32"
     if SENSITIVE.search(t.name) and origin != "rule":
-        return requested, "f16", "precision-sensitive layer (input/output conv, timestep or position " \
-                                 "embedding) kept f16"
+        return requested, "f16", SENSITIVE_REASON
     chosen, why = _fit_blocks(t, requested)
     return requested, chosen, why
 
@@ -124,8 +123,7 @@ def make_plan(index: TensorIndex, spec: ModelSpec, request: QuantRequest) -> Qua
     for t in sorted(index, key=lambda t: t.name):
         requested, chosen, reason = decide(t, spec, request)
         rows, n = t.rows
-        src = ggml_types.get(_source_float(t.dtype))
-        before = t.numel * (8 if t.dtype == "f64" else 0) or src.nbytes(t.numel)
+        before = t.numel * 8 if t.dtype == "f64" else ggml_types.get(t.dtype).nbytes(t.numel)
         entries[t.name] = PlanEntry(t.name, t.component, t.shape, (rows, n), t.dtype, requested, chosen,
                                     reason, before, rows * ggml_types.get(chosen).row_bytes(n))
     return QuantPlan(entries, spec, request)

@@ -68,11 +68,11 @@ def _route(source: RawSource, t: RawTensor, hint: str | None):
         if t.name.startswith(prefix):
             return comp, layout, t.name[len(prefix):]
     comp = BARE_HEADS.get(t.name.split(".", 1)[0])
-    if hint is not None and comp is not None and (comp == hint or {comp, hint} <= {"text_encoder",
-                                                                                   "text_encoder_2"}):
-        comp = hint
     if comp is None:
         return None
+    # Bare text-model names can't tell which encoder they are; the caller's hint can.
+    if hint is not None and {comp, hint} <= {"text_encoder", "text_encoder_2"}:
+        comp = hint
     return comp, PREFIXES[comp + "."][1], t.name
 
 

@@ -156,3 +156,14 @@ def test_gguf_truncated_and_bad_magic(tmp_path):
     p.write_bytes(b"GGUX" + data[4:])
     with pytest.raises(ModelFormatError, match="magic"):
         read_gguf(p)
+
+
+def test_empty_tensors_are_ignored_not_fatal(tmp_path):
+    from sdcpp.index import open_model
+
+    tensors = {"first_stage_model.encoder.conv_in.weight": np.ones((4, 3, 3, 3), np.float32),
+               "first_stage_model.encoder.conv_in.bias": np.zeros((0,), np.float32)}
+    p = _write_st(tmp_path / "m.safetensors", tensors)
+    index = open_model(p)
+    assert list(index.tensors) == ["vae.encoder.conv_in.weight"]
+    assert index.notes.ignored[0][2] == "empty tensor"

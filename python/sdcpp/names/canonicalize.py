@@ -134,6 +134,9 @@ def canonicalize(source: RawSource, hint: str | None = None) -> tuple[list[Canon
         if reason:
             notes.ignored.append((source.path, t.name, reason))
             continue
+        if t.numel == 0:  # e.g. marker tensors; nothing to load, and row maths would divide by zero
+            notes.ignored.append((source.path, t.name, "empty tensor"))
+            continue
         routed = _route(source, t, hint)
         if routed is None or (hint is not None and routed[0] != hint):
             notes.unknown.append((source.path, t.name))

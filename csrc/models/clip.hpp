@@ -1,0 +1,81 @@
+// CLIP text transformer (transformers' CLIPTextModel[WithProjection]) as a ggml graph: CLIP-L (SD1, SDXL),
+// OpenCLIP ViT-H (SD2) and ViT-bigG (SDXL's second encoder) differ only in shapes and activation.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <ggml.h>
+
+#include "runtime/graph_runner.hpp"
+#include "weight_store.hpp"
+
+namespace sdcpp {
+
+enum class ClipActivation {
+    QuickGelu,  // OpenAI CLIP: x * sigmoid(1.702 x)
+    Gelu,       // OpenCLIP: transformers' "gelu", the exact erf form
+};
+
+ClipActivation clip_activation_from_name(const std::string& name);
+
+struct ClipConfig {
+    int n_layers = 0;
+    int n_heads = 0;
+    ClipActivation act = ClipActivation::QuickGelu;
+    float eps = 1e-5f;
+    bool flash_attn = false;  // ggml_flash_attn_ext instead of softmax(QK^T)V
+};
+
+struct ClipRequest {
+    int out_layer = -1;       // index into transformers' hidden_states: 0 = embeddings, n_layers = last layer
+    bool final_norm = true;   // apply final_layer_norm to the hidden output
+    bool want_pooled = true;  // pooled (final-LN'd last layer at the EOS positions) and text_embeds
+};
+
+struct ClipOutput {
+    std::vector<float> hidden;       // [B, T, C]
+    std::vector<float> pooled;       // [B, C], empty unless requested
+    std::vector<float> text_embeds;  // [B, P], empty unless requested and the model has a projection
+};
+
+class ClipTextModel {
+public:
+    // `prefix`: component prefix of the canonical names, e.g. "text_encoder." (weights under
+    // prefix + "text_model." and prefix + "text_projection.weight"). Shapes are checked here.
+    ClipTextModel(WeightStore& weights, std::string prefix, const ClipConfig& config, int n_threads = 0);
+
+    // tokens: int32 [B, T] row-major; eos: B positions in [0, T) (pooling rows). Thread-safe (serialised).
+    ClipOutput compute(const int32_t* tokens, int64_t batch, int64_t n_tokens, const int32_t* eos,
+                       const ClipRequest& request);
+
+    int64_t hidden_size() const { return hidden_; }
+    int64_t vocab_size() const { return vocab_; }
+    int64_t n_positions() const { return n_pos_; }
+    int64_t projection_dim() const { return proj_dim_; }  // 0: no text_projection
+    const ClipConfig& config() const { return config_; }
+    size_t compute_buffer_size() const;
+    // Every weight a graph has read so far (a copy: compute() may run on another thread).
+    std::vector<std::string> used_weights() const;
+
+private:
+    ggml_tensor* w(const std::string& leaf) const { return runner_.weight(prefix_ + leaf); }
+    ggml_tensor* linear(ggml_tensor* x, const std::string& name, bool bias = true);
+    ggml_tensor* layer_norm(ggml_tensor* x, const std::string& name);
+    ggml_tensor* attention(ggml_tensor* x, const std::string& name, ggml_tensor* mask, int64_t n_tokens,
+                           int64_t batch);
+    ggml_tensor* encoder_layer(ggml_tensor* x, int layer, ggml_tensor* mask, int64_t n_tokens, int64_t batch);
+
+    std::string prefix_;
+    ClipConfig config_;
+    int64_t hidden_ = 0;
+    int64_t vocab_ = 0;
+    int64_t n_pos_ = 0;
+    int64_t proj_dim_ = 0;
+    GraphRunner runner_;
+    mutable std::mutex mutex_;
+};
+
+}  // namespace sdcpp

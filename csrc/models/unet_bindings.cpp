@@ -1,7 +1,93 @@
+#include <optional>
+
+#include <pybind11/stl.h>
+
+#include "models/nchw_py.hpp"
 #include "models/register.hpp"
+#include "models/unet.hpp"
+
+namespace py = pybind11;
 
 namespace sdcpp {
 
-void register_unet(pybind11::module_& /*m*/) {}
+namespace {
+
+Nchw predict(Unet& unet, const FloatArray& latents, const FloatArray& timesteps, const FloatArray& context,
+             const std::optional<FloatArray>& text_embeds, const std::optional<FloatArray>& time_ids) {
+    const auto s = shape_of(latents, 4, "latents");
+    const auto ts = shape_of(timesteps, 1, "timesteps");
+    const auto cs = shape_of(context, 3, "context");
+    if (ts[0] != s[0] || cs[0] != s[0]) {
+        throw py::value_error("latents, timesteps and context must share the batch size, got " +
+                              std::to_string(s[0]) + ", " + std::to_string(ts[0]) + ", " + std::to_string(cs[0]));
+    }
+    UnetAdded added;
+    if (text_embeds.has_value()) {
+        const auto ps = shape_of(*text_embeds, 2, "text_embeds");
+        if (ps[0] != s[0]) {
+            throw py::value_error("text_embeds must be [N, P] with the latents' batch size");
+        }
+        added.text_embeds = text_embeds->data();
+        added.pooled_dim = ps[1];
+    }
+    if (time_ids.has_value()) {
+        const auto is = shape_of(*time_ids, 2, "time_ids");
+        if (is[0] != s[0]) {
+            throw py::value_error("time_ids must be [N, K] with the latents' batch size");
+        }
+        added.time_ids = time_ids->data();
+        added.n_time_ids = is[1];
+    }
+    py::gil_scoped_release nogil;
+    return unet.predict(latents.data(), s[0], s[1], s[2], s[3], timesteps.data(), context.data(), cs[1], cs[2],
+                        added);
+}
+
+}  // namespace
+
+void register_unet(py::module_& m) {
+    py::class_<Unet>(m, "UNet", "UNet2DConditionModel graph over the unet.* weights of a WeightStore.")
+        .def(py::init([](WeightStore& store, const std::vector<int>& heads, int groups, float norm_eps,
+                         int addition_time_embed_dim, bool flash_attn, double max_im2col_mib, int n_threads) {
+                 UnetConfig cfg;
+                 cfg.heads = heads;
+                 cfg.groups = groups;
+                 cfg.resnet_eps = norm_eps;
+                 cfg.addition_time_embed_dim = addition_time_embed_dim;
+                 cfg.flash_attn = flash_attn;
+                 cfg.max_im2col_bytes = mib_to_bytes(max_im2col_mib);
+                 return new Unet(store, cfg, n_threads);
+             }),
+             py::arg("store"), py::arg("heads"), py::arg("groups") = 32, py::arg("norm_eps") = 1e-5f,
+             py::arg("addition_time_embed_dim") = 256,
+             py::arg("flash_attn") = false, py::arg("max_im2col_mib") = 256.0, py::arg("n_threads") = 0,
+             py::keep_alive<1, 2>())
+        .def(
+            "predict",
+            [](Unet& unet, const FloatArray& latents, const FloatArray& timesteps, const FloatArray& context,
+               const std::optional<FloatArray>& text_embeds, const std::optional<FloatArray>& time_ids) {
+                return to_numpy(predict(unet, latents, timesteps, context, text_embeds, time_ids));
+            },
+            py::arg("latents"), py::arg("timesteps"), py::arg("context"), py::arg("text_embeds") = py::none(),
+            py::arg("time_ids") = py::none(),
+            "latents [N, C, h, w], timesteps [N], context [N, T, D] (+ SDXL text_embeds [N, P], time_ids [N, K])")
+        .def_property_readonly("in_channels", &Unet::in_channels)
+        .def_property_readonly("context_dim", &Unet::context_dim)
+        .def_property_readonly("adm_in_channels", &Unet::adm_in_channels)
+        .def_property_readonly("n_down_blocks", &Unet::n_down_blocks)
+        .def("used_weights", &Unet::used_weights)
+        .def("compute_buffer_size", &Unet::compute_buffer_size)
+        .def("set_profiling", &Unet::set_profiling, py::arg("on"))
+        .def(
+            "last_profile",
+            [](const Unet& m) {
+                py::list out;
+                for (const auto& t : m.last_profile()) {
+                    out.append(py::make_tuple(t.op, t.name, t.seconds, t.flops));
+                }
+                return out;
+            },
+            "(op, node name, seconds, flops) per graph node of the last profiled run");
+}
 
 }  // namespace sdcpp

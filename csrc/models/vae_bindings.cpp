@@ -1,7 +1,71 @@
+#include <pybind11/stl.h>
+
+#include "models/nchw_py.hpp"
 #include "models/register.hpp"
+#include "models/vae.hpp"
+
+namespace py = pybind11;
 
 namespace sdcpp {
 
-void register_vae(pybind11::module_& /*m*/) {}
+void register_vae(py::module_& m) {
+    py::class_<Vae>(m, "VAE", "AutoencoderKL encoder/decoder graphs over the vae.* weights of a WeightStore.")
+        .def(py::init([](WeightStore& store, int groups, bool flash_attn, double max_im2col_mib, int n_threads) {
+                 VaeConfig cfg;
+                 cfg.groups = groups;
+                 cfg.flash_attn = flash_attn;
+                 cfg.max_im2col_bytes = mib_to_bytes(max_im2col_mib);
+                 return new Vae(store, cfg, n_threads);
+             }),
+             py::arg("store"), py::arg("groups") = 32, py::arg("flash_attn") = false,
+             py::arg("max_im2col_mib") = 256.0, py::arg("n_threads") = 0,
+             py::keep_alive<1, 2>())
+        .def(
+            "decode",
+            [](Vae& vae, const FloatArray& latents) {
+                const auto s = shape_of(latents, 4, "latents");
+                Nchw out;
+                {
+                    py::gil_scoped_release nogil;
+                    out = vae.decode(latents.data(), s[0], s[1], s[2], s[3]);
+                }
+                return to_numpy(std::move(out));
+            },
+            py::arg("latents"), "latents [N, C, h, w] float32 -> images [N, 3, 8h, 8w]")
+        .def(
+            "encode",
+            [](Vae& vae, const FloatArray& images, const std::optional<FloatArray>& noise) {
+                const auto s = shape_of(images, 4, "images");
+                const float* eps = nullptr;
+                size_t n_eps = 0;
+                if (noise.has_value()) {
+                    shape_of(*noise, 4, "noise");
+                    eps = noise->data();
+                    n_eps = static_cast<size_t>(noise->size());
+                }
+                Nchw out;
+                {
+                    py::gil_scoped_release nogil;
+                    out = vae.encode(images.data(), s[0], s[1], s[2], s[3], eps, n_eps);
+                }
+                return to_numpy(std::move(out));
+            },
+            py::arg("images"), py::arg("noise") = py::none(),
+            "images [N, C, H, W] float32 -> latent mean, or mean + std * noise")
+        .def_property_readonly("latent_channels", &Vae::latent_channels)
+        .def("used_weights", &Vae::used_weights)
+        .def("compute_buffer_size", &Vae::compute_buffer_size)
+        .def("set_profiling", &Vae::set_profiling, py::arg("on"))
+        .def(
+            "last_profile",
+            [](const Vae& m) {
+                py::list out;
+                for (const auto& t : m.last_profile()) {
+                    out.append(py::make_tuple(t.op, t.name, t.seconds, t.flops));
+                }
+                return out;
+            },
+            "(op, node name, seconds, flops) per graph node of the last profiled run");
+}
 
 }  // namespace sdcpp

@@ -1,5 +1,6 @@
 #include "runtime/graph_runner.hpp"
 
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 
@@ -101,9 +102,43 @@ void GraphRunner::run(const std::vector<ggml_tensor*>& outputs) {
         ggml_backend_tensor_set(p.tensor, p.bytes.data(), 0, p.bytes.size());
     }
     set_backend_threads(weights_.backend(), n_threads_);
+    if (profiling_) {
+        compute_profiled(gf);
+        return;
+    }
     if (ggml_backend_graph_compute(weights_.backend(), gf) != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("GraphRunner: graph computation failed");
     }
+}
+
+void GraphRunner::compute_profiled(ggml_cgraph* gf) {
+    profile_.clear();
+    ggml_init_params params{};
+    params.mem_size = ggml_graph_overhead_custom(1, false);
+    params.no_alloc = true;
+    ggml_context* one_ctx = ggml_init(params);
+    ggml_cgraph* one = ggml_new_graph_custom(one_ctx, 1, false);
+    const int n = ggml_graph_n_nodes(gf);
+    for (int i = 0; i < n; ++i) {
+        ggml_tensor* node = ggml_graph_node(gf, i);
+        ggml_graph_clear(one);
+        ggml_graph_add_node(one, node);
+        const auto t0 = std::chrono::steady_clock::now();
+        const ggml_status status = ggml_backend_graph_compute(weights_.backend(), one);
+        const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+        if (status != GGML_STATUS_SUCCESS) {
+            ggml_free(one_ctx);
+            throw std::runtime_error("GraphRunner: graph computation failed");
+        }
+        double flops = 0.0;
+        if (node->op == GGML_OP_MUL_MAT) {
+            flops = 2.0 * static_cast<double>(node->src[0]->ne[0]) * static_cast<double>(ggml_nelements(node));
+        } else if (node->op == GGML_OP_FLASH_ATTN_EXT) {  // q [D, Tq, H, N], k [D, Tk, ...]: QK^T and PV
+            flops = 4.0 * static_cast<double>(ggml_nelements(node->src[0])) * static_cast<double>(node->src[1]->ne[1]);
+        }
+        profile_.push_back({ggml_op_desc(node), ggml_get_name(node), dt.count(), flops});
+    }
+    ggml_free(one_ctx);
 }
 
 void GraphRunner::read(const ggml_tensor* t, void* dst, size_t size) const {

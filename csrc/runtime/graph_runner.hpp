@@ -45,6 +45,17 @@ public:
     void read(const ggml_tensor* t, void* dst, size_t size) const;
 
     size_t compute_buffer_size() const;
+
+    // Profiling (for benchmarks): when on, run() computes one node at a time and records each node's wall
+    // time. Slower than a normal run (a thread start/stop per node), so only the split between ops is meaningful.
+    struct NodeTime {
+        std::string op;    // ggml_op_desc: op or unary-op name
+        std::string name;  // the tensor's name, as the graph builder set it
+        double seconds;
+        double flops;  // multiply-adds x 2 of matrix products (MUL_MAT, FLASH_ATTN_EXT), else 0
+    };
+    void set_profiling(bool on) { profiling_ = on; }
+    const std::vector<NodeTime>& last_profile() const { return profile_; }
     // Every weight name a graph of this runner has asked for: lets tests prove no tensor goes unread.
     const std::set<std::string>& used_weights() const { return used_; }
     int n_threads() const { return n_threads_; }
@@ -56,6 +67,7 @@ private:
         std::vector<uint8_t> bytes;
     };
     void free_graph();
+    void compute_profiled(ggml_cgraph* gf);
 
     WeightStore& weights_;
     int n_threads_;
@@ -64,6 +76,8 @@ private:
     size_t max_nodes_ = 0;
     std::vector<PendingInput> pending_;
     mutable std::set<std::string> used_;
+    bool profiling_ = false;
+    std::vector<NodeTime> profile_;
 };
 
 }  // namespace sdcpp

@@ -5,13 +5,14 @@ from .api import inspect, load_weights, quantize
 from .detect import ModelSpec, detect
 from .errors import Cancelled, ModelFormatError, QuantRequestError, SdcppError, UnsupportedModelError
 from .index import TensorIndex, open_model
+from .pipeline import Model, generate
 from .plan import QuantPlan, make_plan
 from .request import QuantRequest
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cancelled", "ModelFormatError", "ModelSpec", "QuantPlan", "QuantRequest", "QuantRequestError", "SdcppError",
-    "TensorIndex", "UnsupportedModelError", "detect", "inspect", "load_weights", "make_plan", "open_model",
-    "quantize",
+    "Cancelled", "Model", "ModelFormatError", "ModelSpec", "QuantPlan", "QuantRequest", "QuantRequestError",
+    "SdcppError", "TensorIndex", "UnsupportedModelError", "detect", "generate", "inspect", "load_weights",
+    "make_plan", "open_model", "quantize",
 ]

@@ -1,4 +1,4 @@
-"""The `sdcpp` command: inspect, quantize, build-ggml, system-info, tiny-model."""
+"""The `sdcpp` command: generate, inspect, quantize, build-ggml, system-info, tiny-model."""
 
 from __future__ import annotations
 
@@ -34,6 +34,59 @@ def _request(a) -> dict:
                 vae_type=a.vae_type, rules=a.rule or None)
 
 
+def _add_generate_args(p: argparse.ArgumentParser):
+    p.add_argument("-m", "--model", required=True, help="checkpoint file (.safetensors / .gguf) or diffusers folder")
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-n", "--negative-prompt", default="")
+    p.add_argument("-o", "--output", default="out.png", help="PNG to write; with --num-images N, NAME-i.png")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
+    p.add_argument("--sampler", default="euler_a",
+                   help="euler_a, euler, heun, dpm2, dpm++_2m, dpm++_2s_a, lcm, ddim")
+    p.add_argument("--schedule", default="discrete", help="discrete, karras, exponential, ays, lcm")
+    p.add_argument("--seed", type=int, help="default: random (printed)")
+    p.add_argument("-W", "--width", type=int, help="default: the family's native size")
+    p.add_argument("-H", "--height", type=int)
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--rng", default="numpy", help="numpy, philox (A1111/sd.cpp GPU noise), cpu (torch CPU)")
+    p.add_argument("--clip-skip", type=int)
+    p.add_argument("--init-image", help="img2img / inpainting source image")
+    p.add_argument("--mask", help="inpainting mask (white = repaint)")
+    p.add_argument("--strength", type=float, default=0.75)
+    p.add_argument("--vae", help="a VAE file replacing the model's VAE")
+    p.add_argument("--type", help="weight type for every component (quantize on load), e.g. q8_0")
+    p.add_argument("--unet-type")
+    p.add_argument("--te-type")
+    p.add_argument("--vae-type")
+    p.add_argument("--prediction", choices=["epsilon", "v_prediction"])
+    p.add_argument("-t", "--threads", type=int, default=0)
+
+
+def _generate(a) -> int:
+    import os
+
+    from PIL import Image
+
+    from .pipeline import Model
+    from .pipeline.images import save_png
+
+    load = dict(vae=a.vae, type=a.type, unet_type=a.unet_type, te_type=a.te_type, vae_type=a.vae_type)
+    model = Model(a.model, n_threads=a.threads, prediction=a.prediction,
+                  **{k: v for k, v in load.items() if v is not None})
+    images = model.generate(a.prompt, a.negative_prompt, steps=a.steps, guidance_scale=a.cfg, sampler=a.sampler,
+                            schedule=a.schedule, seed=a.seed, width=a.width, height=a.height,
+                            num_images=a.num_images, rng=a.rng, clip_skip=a.clip_skip, strength=a.strength,
+                            init_image=Image.open(a.init_image) if a.init_image else None,
+                            mask_image=Image.open(a.mask) if a.mask else None)
+    stem, ext = os.path.splitext(a.output)
+    for i, img in enumerate(images):
+        path = a.output if len(images) == 1 else f"{stem}-{i}{ext or '.png'}"
+        save_png(img, path)
+        print(f"wrote {path} (seed {images.info[i]['seed']})")
+    logging.getLogger("sdcpp").info("%s", images.report)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sdcpp", description="Stable Diffusion on ggml")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -48,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_request_args(p)
     p.add_argument("-o", "--output", required=True, help="the GGUF file to write")
     p.add_argument("-t", "--threads", type=int, default=0)
+
+    p = sub.add_parser("generate", help="text to image; img2img with --init-image, inpainting with --mask")
+    _add_generate_args(p)
 
     p = sub.add_parser("build-ggml", help="rebuild ggml (libggml-python) natively for this CPU, or for CUDA")
     p.add_argument("--cuda", metavar="ARCHS", help="CUDA architectures, e.g. 86 or '80;90'")
@@ -66,6 +122,8 @@ def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if a.command == "generate":
+            return _generate(a)
         if a.command == "inspect":
             from .api import inspect
 
@@ -93,7 +151,7 @@ def main(argv=None) -> int:
 
             write_tiny_model(a.output, a.family, seed=a.seed)
             print(f"wrote {a.output} (tiny random {a.family} checkpoint)")
-    except (SdcppError, FileNotFoundError) as e:
+    except (SdcppError, FileNotFoundError, ValueError) as e:
         print(f"sdcpp: error: {e}", file=sys.stderr)
         return 2
     return 0

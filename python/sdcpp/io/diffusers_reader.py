@@ -32,8 +32,12 @@ def _weight_files(folder):
                     with open(index) as f:
                         weight_map = json.load(f)["weight_map"]
                     shards = sorted(set(weight_map.values()))
-                except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
                     raise ModelFormatError(index, f"unreadable shard index: {e}") from e
+                for shard in shards:
+                    # A shard is a file next to the index: no paths into other folders.
+                    if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
+                        raise ModelFormatError(index, f"shard {shard!r:.200} is not a file name in {folder}")
                 return [os.path.join(folder, s) for s in shards]
     if any(f.endswith((".bin", ".ckpt", ".pt")) for f in os.listdir(folder)):
         raise ModelFormatError(folder, "only pickled weights found; sdcpp reads .safetensors here")
@@ -43,11 +47,14 @@ def _weight_files(folder):
 def _read_json(path):
     try:
         with open(path) as f:
-            return json.load(f)
+            value = json.load(f)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested 100k levels deep
         raise ModelFormatError(path, f"unreadable JSON: {e}") from e
+    if not isinstance(value, dict):  # configs are read with .get() and `in` downstream
+        raise ModelFormatError(path, f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def read_diffusers_folder(path) -> RawSource:

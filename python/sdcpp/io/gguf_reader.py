@@ -19,6 +19,9 @@ MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 MAX_STRING = 1 << 24  # 16 MiB per string is far beyond any real key or name
+# ggml types that exist only as the second operand of a matrix product: no writer stores them, ggml has no
+# dequantization for them (and the gguf package's q8_1 block size disagrees with ggml's).
+COMPUTE_ONLY_TYPES = {"q8_1", "q8_K"}
 
 # GGUF value types -> struct format (scalars)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -107,7 +110,7 @@ def _parse(path, buf, size) -> RawSource:
         kv[key] = c.value(vtype, f"value of key '{key}'")
 
     alignment = kv.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+    if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):  # bool is no alignment
         raise ModelFormatError(path, f"general.alignment {alignment!r} is not a power of two", rule="alignment")
 
     infos = []
@@ -137,6 +140,9 @@ def _tensor(path, name, ne, type_id, offset, alignment, data_start, size) -> Raw
     t = ggml_types.BY_ID.get(type_id)
     if t is None:
         raise ModelFormatError(path, f"unknown ggml type id {type_id}", tensor=name, rule="type")
+    if t.name in COMPUTE_ONLY_TYPES:
+        raise ModelFormatError(path, f"type {t.name} is a ggml compute-only type that cannot be read back",
+                               tensor=name, rule="type")
     numel = 1
     for d in ne:
         numel *= d

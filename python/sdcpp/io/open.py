@@ -6,10 +6,13 @@ import os
 import zipfile
 
 from ..errors import ModelFormatError
+from .ckpt_reader import read_ckpt
 from .diffusers_reader import is_diffusers_folder, read_diffusers_folder
 from .gguf_reader import read_gguf
 from .raw import RawSource
 from .safetensors_reader import read_safetensors
+
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def read_source(path) -> RawSource:
@@ -21,11 +24,14 @@ def read_source(path) -> RawSource:
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     with open(path, "rb") as f:
-        magic = f.read(8)
+        magic = f.read(9)
     if magic[:4] == b"GGUF":
         return read_gguf(path)
-    if zipfile.is_zipfile(path) or path.endswith((".ckpt", ".pt", ".pth", ".bin")):
-        # The reader interface admits pickled checkpoints; a restricted unpickler is tracked separately.
-        raise ModelFormatError(path, "PyTorch pickle checkpoints (.ckpt/.pt) are not supported yet; "
-                               "convert to .safetensors", rule="format")
+    if magic[:4] == b"PK\x03\x04" or (path.lower().endswith(TORCH_SUFFIXES) and zipfile.is_zipfile(path)):
+        return read_ckpt(path)
+    if path.lower().endswith(TORCH_SUFFIXES) and magic[8:9] != b"{":
+        # Not a zip and not safetensors (whose 8-byte length is followed by a JSON object).
+        raise ModelFormatError(path, "not a zip-format PyTorch checkpoint: legacy torch.save files (torch < 1.6, "
+                               "a bare pickle or a tar archive) are not supported; re-save with a current torch "
+                               "or convert to .safetensors", rule="format")
     return read_safetensors(path)

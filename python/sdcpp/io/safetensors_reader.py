@@ -52,6 +52,8 @@ def read_safetensors(path) -> RawSource:
         header = json.loads(blob.decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, ValueError) as e:
         raise ModelFormatError(path, f"header is not valid JSON: {e}", rule="json") from e
+    except RecursionError as e:  # json's C scanner recurses once per nesting level: `[[[[...` 100k deep
+        raise ModelFormatError(path, "header JSON nests too deeply", rule="json") from e
     if not isinstance(header, dict):
         raise ModelFormatError(path, "header is not a JSON object", rule="json")
 

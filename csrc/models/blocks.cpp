@@ -1,0 +1,244 @@
+#include "models/blocks.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+
+namespace sdcpp::blocks {
+
+namespace {
+
+ggml_tensor* contiguous(ggml_context* ctx, ggml_tensor* x) {
+    return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x);
+}
+
+// Node names group the time of a profiled run by block part (conv.*, attn.*, linear.*, norm.*, layout.*).
+ggml_tensor* named(ggml_tensor* t, const char* name) {
+    return ggml_set_name(t, name);
+}
+
+// Per-channel weight/bias [C] broadcast over x [W, H, C, N].
+ggml_tensor* channel_affine(const Graph& g, ggml_tensor* x, const std::string& prefix) {
+    const int64_t C = x->ne[2];
+    ggml_tensor* w = g.w(prefix + ".weight");
+    x = named(ggml_mul(g.ctx, x, ggml_reshape_4d(g.ctx, w, 1, 1, C, 1)), "norm.affine");
+    ggml_tensor* b = g.w(prefix + ".bias");
+    return named(ggml_add(g.ctx, x, ggml_reshape_4d(g.ctx, b, 1, 1, C, 1)), "norm.affine");
+}
+
+ggml_tensor* add_bias(const Graph& g, ggml_tensor* y, const std::string& prefix) {
+    const std::string bias = prefix + ".bias";
+    return g.has(bias) ? named(ggml_add(g.ctx, y, g.w(bias)), "bias") : y;
+}
+
+// One band of output rows [r0, r0 + rows) of a conv over the padded input xp: im2col on a row window (a view;
+// im2col reads rows with the full-height plane stride) and one matmul. Returns [OW, rows, OC, N].
+ggml_tensor* conv_band(const Graph& g, ggml_tensor* xp, ggml_tensor* w, ggml_tensor* shape, const std::string& prefix,
+                       int k, int stride, int64_t r0, int64_t rows) {
+    const int64_t in_rows = (rows - 1) * stride + k;
+    ggml_tensor* win = ggml_view_4d(g.ctx, xp, xp->ne[0], in_rows, xp->ne[2], xp->ne[3], xp->nb[1], xp->nb[2],
+                                    xp->nb[3], static_cast<size_t>(r0 * stride) * xp->nb[1]);
+    ggml_tensor* cols = named(ggml_im2col(g.ctx, shape, win, stride, stride, 0, 0, 1, 1, true, GGML_TYPE_F32),
+                              "conv.im2col");
+    const int64_t K = cols->ne[0], OW = cols->ne[1], N = cols->ne[3];
+    cols = ggml_reshape_2d(g.ctx, cols, K, OW * rows * N);
+    ggml_tensor* y = named(ggml_mul_mat(g.ctx, w, cols), "conv.matmul");
+    y = ggml_reshape_4d(g.ctx, add_bias(g, y, prefix), w->ne[1], OW, rows, N);
+    return named(ggml_cont(g.ctx, ggml_permute(g.ctx, y, 2, 0, 1, 3)), "conv.layout");
+}
+
+// conv2d in bands of output rows, each written in place into the output, so only one band's im2col matrix
+// lives at a time. Returns nullptr when the output is too large for ggml_set's 32-bit strides.
+ggml_tensor* conv2d_banded(const Graph& g, ggml_tensor* x, ggml_tensor* w, ggml_tensor* shape,
+                           const std::string& prefix, int k, int stride, int pad, int64_t OW, int64_t OH) {
+    const int64_t OC = w->ne[1], N = x->ne[3];
+    const size_t row_bytes = static_cast<size_t>(w->ne[0] * OW * N) * sizeof(float);
+    const int64_t rows = std::max<int64_t>(1, static_cast<int64_t>(g.max_im2col_bytes / row_bytes));
+    if (static_cast<double>(OW) * OH * OC * sizeof(float) >= std::numeric_limits<int32_t>::max()) {
+        return nullptr;
+    }
+    ggml_tensor* xp = pad > 0 ? ggml_pad_ext(g.ctx, x, pad, pad, pad, pad, 0, 0, 0, 0) : x;
+    ggml_tensor* out = ggml_new_tensor_4d(g.ctx, GGML_TYPE_F32, OW, OH, OC, N);
+    for (int64_t r0 = 0; r0 < OH; r0 += rows) {
+        ggml_tensor* band = conv_band(g, xp, w, shape, prefix, k, stride, r0, std::min(rows, OH - r0));
+        // Each set returns a view of `out` that depends on the previous one, which orders the bands.
+        out = named(ggml_set_inplace(g.ctx, out, band, out->nb[1], out->nb[2], out->nb[3],
+                                     static_cast<size_t>(r0) * out->nb[1]),
+                    "conv.band");
+    }
+    return out;
+}
+
+}  // namespace
+
+int64_t Graph::ne(const std::string& name, int dim) const {
+    return runner.weights().tensor(name)->ne[dim];
+}
+
+ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
+    ggml_tensor* w = g.w(prefix + ".weight");
+    if (w->ne[0] != x->ne[0]) {
+        throw std::invalid_argument(prefix + ".weight takes " + std::to_string(w->ne[0]) + " inputs, got " +
+                                    std::to_string(x->ne[0]));
+    }
+    return add_bias(g, named(ggml_mul_mat(g.ctx, w, contiguous(g.ctx, x)), "linear.matmul"), prefix);
+}
+
+ggml_tensor* to_tokens(ggml_context* ctx, ggml_tensor* x) {
+    const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3];
+    x = ggml_reshape_3d(ctx, contiguous(ctx, x), W * H, C, N);
+    return named(ggml_cont(ctx, ggml_transpose(ctx, x)), "layout.tokens");
+}
+
+ggml_tensor* from_tokens(ggml_context* ctx, ggml_tensor* x, int64_t W, int64_t H) {
+    const int64_t C = x->ne[0], N = x->ne[2];
+    x = named(ggml_cont(ctx, ggml_transpose(ctx, x)), "layout.tokens");
+    return ggml_reshape_4d(ctx, x, W, H, C, N);
+}
+
+ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, int stride, int pad) {
+    ggml_tensor* w = g.w(prefix + ".weight");
+    const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3];
+    const int64_t OC = w->ne[1];
+    const int64_t taps = w->ne[0] / C;
+    const int k = static_cast<int>(std::lround(std::sqrt(static_cast<double>(taps))));
+    if (w->ne[0] % C != 0 || static_cast<int64_t>(k) * k != taps) {
+        throw std::invalid_argument(prefix + ".weight rows of " + std::to_string(w->ne[0]) +
+                                    " do not fit a square kernel over " + std::to_string(C) + " input channels");
+    }
+    if (pad < 0) {
+        pad = k / 2;
+    }
+    if (k == 1 && stride == 1 && pad == 0) {
+        // A 1x1 conv is a linear layer over channels: no im2col copy, only the token transposes.
+        return from_tokens(g.ctx, linear(g, to_tokens(g.ctx, x), prefix), W, H);
+    }
+    // im2col reads only the kernel's dims, so a small shape-only tensor stands in for the weight; this keeps
+    // the weight free to be any (quantized) type. F32 columns: ggml's F16 im2col is a slow scalar path.
+    ggml_tensor* shape = ggml_new_tensor_3d(g.ctx, GGML_TYPE_F16, k, k, C);
+    x = contiguous(g.ctx, x);
+    const int64_t OW = (W + 2 * pad - k) / stride + 1, OH = (H + 2 * pad - k) / stride + 1;
+    if (OW <= 0 || OH <= 0) {
+        throw std::invalid_argument(prefix + ": a " + std::to_string(W) + "x" + std::to_string(H) +
+                                    " input is too small for its " + std::to_string(k) + "x" + std::to_string(k) +
+                                    " kernel");
+    }
+    const double cols_bytes = static_cast<double>(w->ne[0]) * OW * OH * N * sizeof(float);
+    if (g.max_im2col_bytes > 0 && cols_bytes > static_cast<double>(g.max_im2col_bytes) && OH > 1) {
+        if (ggml_tensor* y = conv2d_banded(g, x, w, shape, prefix, k, stride, pad, OW, OH)) {
+            return y;
+        }
+    }
+    ggml_tensor* cols = ggml_im2col(g.ctx, shape, x, stride, stride, pad, pad, 1, 1, true,
+                                    GGML_TYPE_F32);  // [C*k*k, OW, OH, N]
+    named(cols, "conv.im2col");
+    cols = ggml_reshape_2d(g.ctx, cols, cols->ne[0], OW * OH * N);
+    ggml_tensor* y = add_bias(g, named(ggml_mul_mat(g.ctx, w, cols), "conv.matmul"), prefix);  // [OC, OW*OH*N]
+    // Back to [OW, OH, OC, N]: the transpose copies once per conv (measured small next to the matmul).
+    y = ggml_reshape_3d(g.ctx, y, OC, OW * OH, N);
+    y = named(ggml_cont(g.ctx, ggml_transpose(g.ctx, y)), "conv.layout");
+    return ggml_reshape_4d(g.ctx, y, OW, OH, OC, N);
+}
+
+ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, int groups, float eps) {
+    if (x->ne[2] % groups != 0) {
+        throw std::invalid_argument(prefix + ": " + std::to_string(x->ne[2]) + " channels do not split into " +
+                                    std::to_string(groups) + " groups");
+    }
+    ggml_tensor* y = named(ggml_group_norm(g.ctx, contiguous(g.ctx, x), groups, eps), "norm.group");
+    return channel_affine(g, y, prefix);
+}
+
+ggml_tensor* layer_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, float eps) {
+    x = named(ggml_norm(g.ctx, contiguous(g.ctx, x), eps), "norm.layer");
+    x = named(ggml_mul(g.ctx, x, g.w(prefix + ".weight")), "norm.affine");
+    return named(ggml_add(g.ctx, x, g.w(prefix + ".bias")), "norm.affine");
+}
+
+ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
+    ggml_context* ctx = g.ctx;
+    const int64_t C = q->ne[0], Tq = q->ne[1], Tk = k->ne[1], N = q->ne[2];
+    if (heads <= 0 || C % heads != 0) {
+        throw std::invalid_argument("attention: " + std::to_string(C) + " channels do not split into " +
+                                    std::to_string(heads) + " heads");
+    }
+    const int64_t D = C / heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    // [C, T, N] -> [D, T, heads, N]
+    auto split = [&](ggml_tensor* t, int64_t T) {
+        return ggml_permute(ctx, ggml_reshape_4d(ctx, contiguous(ctx, t), D, heads, T, N), 0, 2, 1, 3);
+    };
+    if (g.flash_attn) {
+        // F32 K/V keep the CPU kernel's dot products in f32 (F16 K would round Q to f16 as well).
+        ggml_tensor* kh = named(ggml_cont(ctx, split(k, Tk)), "attn.layout");
+        ggml_tensor* vh = named(ggml_cont(ctx, split(v, Tk)), "attn.layout");
+        ggml_tensor* out = named(ggml_flash_attn_ext(ctx, split(q, Tq), kh, vh, nullptr, scale, 0.0f, 0.0f),
+                                 "attn.flash");
+        ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
+        return ggml_reshape_3d(ctx, out, C, Tq, N);  // result is [D, heads, Tq, N]
+    }
+    ggml_tensor* qh = named(ggml_cont(ctx, split(q, Tq)), "attn.layout");
+    ggml_tensor* kh = named(ggml_cont(ctx, split(k, Tk)), "attn.layout");
+    // v as [Tk, D, heads, N] so the second product is again "rows of src0 times columns of src1".
+    ggml_tensor* vt = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, contiguous(ctx, v), D, heads, Tk, N),
+                                                  1, 2, 0, 3));
+    named(vt, "attn.layout");
+    ggml_tensor* kq = named(ggml_mul_mat(ctx, kh, qh), "attn.kq");  // [Tk, Tq, heads, N]
+    kq = named(ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f), "attn.softmax");
+    ggml_tensor* out = named(ggml_mul_mat(ctx, vt, kq), "attn.kqv");  // [D, Tq, heads, N]
+    out = named(ggml_cont(ctx, ggml_permute(ctx, out, 0, 2, 1, 3)), "attn.layout");  // [D, heads, Tq, N]
+    return ggml_reshape_3d(ctx, out, C, Tq, N);
+}
+
+ggml_tensor* attention(const Graph& g, ggml_tensor* x, ggml_tensor* context, const std::string& prefix, int heads) {
+    ggml_tensor* kv = context != nullptr ? context : x;
+    ggml_tensor* q = linear(g, x, prefix + ".to_q");
+    ggml_tensor* k = linear(g, kv, prefix + ".to_k");
+    ggml_tensor* v = linear(g, kv, prefix + ".to_v");
+    return linear(g, attention_core(g, q, k, v, heads), prefix + ".to_out.0");
+}
+
+ggml_tensor* geglu_feed_forward(const Graph& g, ggml_tensor* x, const std::string& prefix) {
+    ggml_tensor* h = linear(g, x, prefix + ".net.0.proj");  // [2*inner, T, N] = [hidden | gate]
+    h = named(ggml_geglu_erf_swapped(g.ctx, h), "ff.geglu");  // hidden * gelu_erf(gate), as torch's F.gelu
+    return linear(g, h, prefix + ".net.2");
+}
+
+ggml_tensor* resnet(const Graph& g, ggml_tensor* x, ggml_tensor* temb_act, const std::string& prefix, int groups,
+                    float eps) {
+    ggml_tensor* h = ggml_silu(g.ctx, group_norm(g, x, prefix + ".norm1", groups, eps));
+    h = conv2d(g, h, prefix + ".conv1");
+    if (temb_act != nullptr) {
+        ggml_tensor* t = linear(g, temb_act, prefix + ".time_emb_proj");  // [OC, N]
+        h = ggml_add(g.ctx, h, ggml_reshape_4d(g.ctx, t, 1, 1, t->ne[0], t->ne[1]));
+    }
+    h = ggml_silu(g.ctx, group_norm(g, h, prefix + ".norm2", groups, eps));
+    h = conv2d(g, h, prefix + ".conv2");
+    ggml_tensor* skip = g.has(prefix + ".conv_shortcut.weight") ? conv2d(g, x, prefix + ".conv_shortcut") : x;
+    return ggml_add(g.ctx, skip, h);
+}
+
+ggml_tensor* upsample(const Graph& g, ggml_tensor* x, const std::string& prefix, int64_t W, int64_t H) {
+    if (W == 2 * x->ne[0] && H == 2 * x->ne[1]) {
+        x = ggml_upscale(g.ctx, x, 2, GGML_SCALE_MODE_NEAREST);
+    } else {
+        x = ggml_interpolate(g.ctx, x, W, H, x->ne[2], x->ne[3], GGML_SCALE_MODE_NEAREST);
+    }
+    return conv2d(g, x, prefix + ".conv", 1, 1);
+}
+
+ggml_tensor* downsample(const Graph& g, ggml_tensor* x, const std::string& prefix, bool asymmetric) {
+    if (asymmetric) {
+        x = ggml_pad_ext(g.ctx, x, 0, 1, 0, 1, 0, 0, 0, 0);
+        return conv2d(g, x, prefix + ".conv", 2, 0);
+    }
+    return conv2d(g, x, prefix + ".conv", 2, 1);
+}
+
+ggml_tensor* timestep_embedding(ggml_context* ctx, ggml_tensor* t, int dim) {
+    return ggml_timestep_embedding(ctx, t, dim, 10000);
+}
+
+}  // namespace sdcpp::blocks

@@ -1,0 +1,67 @@
+// UNet2DConditionModel (diffusers) forward graph for SD1, SD2, SDXL (base, refiner) and inpainting UNets.
+// Depths, widths and block kinds come from the weights' names and shapes; only what shapes cannot tell
+// (attention heads, norm groups, the size of SDXL's time-id embedding) comes from UnetConfig.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "models/nchw.hpp"
+#include "runtime/graph_runner.hpp"
+#include "weight_store.hpp"
+
+namespace sdcpp {
+
+struct UnetConfig {
+    std::vector<int> heads;             // attention heads per down block; up blocks mirror it, mid takes the last
+    int groups = 32;                    // norm_num_groups
+    float resnet_eps = 1e-5f;           // norm_eps (resnets, conv_norm_out)
+    float transformer_gn_eps = 1e-6f;   // GroupNorm in front of each Transformer2DModel
+    float layer_norm_eps = 1e-5f;       // LayerNorms inside BasicTransformerBlock
+    int addition_time_embed_dim = 256;  // SDXL: sinusoidal width of each time id
+    bool flash_attn = false;
+    size_t max_im2col_bytes = size_t(256) << 20;  // larger convs run in bands of output rows (0: never)
+};
+
+// Optional SDXL conditioning: pooled text embeds [N, P] and time ids [N, K] (6 for base, 5 for refiner).
+struct UnetAdded {
+    const float* text_embeds = nullptr;
+    int64_t pooled_dim = 0;
+    const float* time_ids = nullptr;
+    int64_t n_time_ids = 0;
+};
+
+class Unet {
+public:
+    Unet(WeightStore& weights, const UnetConfig& config, int n_threads = 0);
+
+    // latents [N, C, h, w], timesteps [N], context [N, T, D] -> prediction [N, out_channels, h, w].
+    Nchw predict(const float* latents, int64_t n, int64_t c, int64_t h, int64_t w, const float* timesteps,
+                 const float* context, int64_t tokens, int64_t context_dim, const UnetAdded& added);
+
+    int64_t in_channels() const { return in_channels_; }
+    int64_t context_dim() const { return context_dim_; }
+    // Input width of add_embedding (pooled + time ids), 0 when the UNet has none (SD1/SD2).
+    int64_t adm_in_channels() const { return adm_in_channels_; }
+    int n_down_blocks() const { return n_down_; }
+    std::vector<std::string> used_weights() const;
+    size_t compute_buffer_size() const { return runner_.compute_buffer_size(); }
+    // Per-node timing of the next runs (see GraphRunner::set_profiling).
+    void set_profiling(bool on) { runner_.set_profiling(on); }
+    std::vector<GraphRunner::NodeTime> last_profile() const { return runner_.last_profile(); }
+
+private:
+    WeightStore& weights_;
+    UnetConfig config_;
+    GraphRunner runner_;
+    std::mutex mutex_;  // one graph at a time per runner
+    int64_t in_channels_ = 0;
+    int64_t context_dim_ = 0;
+    int64_t adm_in_channels_ = 0;
+    int n_down_ = 0;
+};
+
+}  // namespace sdcpp

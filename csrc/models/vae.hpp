@@ -1,0 +1,48 @@
+// AutoencoderKL (diffusers) encoder and decoder graphs; the architecture is read from the weights' names and shapes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "models/nchw.hpp"
+#include "runtime/graph_runner.hpp"
+#include "weight_store.hpp"
+
+namespace sdcpp {
+
+struct VaeConfig {
+    int groups = 32;       // norm_num_groups
+    float eps = 1e-6f;     // diffusers' Encoder/Decoder use 1e-6 everywhere
+    bool flash_attn = false;
+    size_t max_im2col_bytes = size_t(256) << 20;  // larger convs run in bands of output rows (0: never)
+};
+
+class Vae {
+public:
+    Vae(WeightStore& weights, const VaeConfig& config, int n_threads = 0);
+
+    // latents [N, latent_channels, h, w] -> images [N, out_channels, 8h, 8w] (no scaling factor applied).
+    Nchw decode(const float* latents, int64_t n, int64_t c, int64_t h, int64_t w);
+    // images [N, in_channels, H, W] -> mean, or mean + std * noise when noise ([N, latent, H/8, W/8]) is given.
+    Nchw encode(const float* images, int64_t n, int64_t c, int64_t h, int64_t w, const float* noise = nullptr,
+                size_t noise_count = 0);
+
+    int64_t latent_channels() const { return latent_channels_; }
+    std::vector<std::string> used_weights() const;
+    size_t compute_buffer_size() const { return runner_.compute_buffer_size(); }
+    // Per-node timing of the next runs (see GraphRunner::set_profiling).
+    void set_profiling(bool on) { runner_.set_profiling(on); }
+    std::vector<GraphRunner::NodeTime> last_profile() const { return runner_.last_profile(); }
+
+private:
+    WeightStore& weights_;
+    VaeConfig config_;
+    GraphRunner runner_;
+    std::mutex mutex_;  // one graph at a time per runner
+    int64_t latent_channels_ = 0;
+};
+
+}  // namespace sdcpp

@@ -1,0 +1,65 @@
+"""AutoencoderKL (the SD/SDXL VAE) on ggml: latents <-> images, numpy NCHW float32 in and out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._native import core
+
+# Latent scaling of each family when the weights carry no VAE config (diffusers' defaults).
+SCALING_FACTORS = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025, "sdxl_refiner": 0.13025}
+
+
+def _f32(a, what: str) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.ndim != 4:
+        raise ValueError(f"{what} must be [B, C, H, W], got shape {a.shape}")
+    return a
+
+
+class VAE:
+    """The VAE of loaded `Weights` (`sdcpp.load_weights`). No scaling factor is applied inside: multiply
+    encoder output by `scaling_factor` and divide latents by it before `decode`, as diffusers pipelines do.
+
+    `n_threads`: 0 = all cores. `flash_attn`: ggml_flash_attn_ext for the mid-block attention.
+    `max_im2col_mib`: convs whose im2col matrix would be larger run in bands of output rows (0 = never);
+    this bounds the compute buffer of large decodes."""
+
+    def __init__(self, weights, n_threads: int = 0, flash_attn: bool = False, max_im2col_mib: float = 256):
+        if "vae.decoder.conv_in.weight" not in weights:
+            raise ValueError("these weights hold no VAE")
+        self.weights = weights
+        cfg = weights.configs.get("vae") or {}
+        self.config = cfg
+        self.scaling_factor = float(cfg.get("scaling_factor") or SCALING_FACTORS.get(weights.spec.family, 0.18215))
+        self._graph = core().VAE(weights._store, groups=int(cfg.get("norm_num_groups") or 32), flash_attn=flash_attn,
+                                 max_im2col_mib=max_im2col_mib, n_threads=n_threads)
+
+    @property
+    def latent_channels(self) -> int:
+        return self._graph.latent_channels
+
+    def decode(self, latents) -> np.ndarray:
+        """latents [B, 4, h, w] -> images [B, 3, 8h, 8w] (roughly in [-1, 1])."""
+        return self._graph.decode(_f32(latents, "latents"))
+
+    def encode(self, images, noise=None) -> np.ndarray:
+        """images [B, 3, H, W] in [-1, 1] -> latent mean [B, 4, H/8, W/8], or a sample mean + std * noise."""
+        eps = None if noise is None else _f32(noise, "noise")
+        return self._graph.encode(_f32(images, "images"), eps)
+
+    def used_weights(self) -> set[str]:
+        """Weight names the graphs built so far have read."""
+        return set(self._graph.used_weights())
+
+    def compute_buffer_size(self) -> int:
+        return self._graph.compute_buffer_size()
+
+    def set_profiling(self, on: bool = True) -> None:
+        """Time each graph node of the following runs (slower: one thread start per node)."""
+        self._graph.set_profiling(on)
+
+    def last_profile(self) -> list[tuple[str, str, float, float]]:
+        """(op, node name, seconds, flops) per node of the last profiled run; names group block parts
+        (conv.matmul, conv.im2col, attn.kq, linear.matmul, norm.group, ...)."""
+        return self._graph.last_profile()

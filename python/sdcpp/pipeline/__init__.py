@@ -1,0 +1,5 @@
+"""Generation glue: conditioning, sampling loop, decoding, images and reports."""
+
+from .model import Model, generate
+
+__all__ = ["Model", "generate"]

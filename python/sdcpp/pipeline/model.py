@@ -1,0 +1,130 @@
+"""`sdcpp.Model`: a loaded model kept in memory for many generations; `sdcpp.generate`: load and run once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from ..models.unet import UNet
+from ..models.vae import VAE
+from ..sampling import TrainSchedule
+from .conditioning import PromptEncoder
+from .generate import run
+from .latents import vae_scale_factor
+from .options import Options, default_size
+
+log = logging.getLogger("sdcpp")
+
+LOAD_OPTIONS = ("unet", "vae", "text_encoder", "text_encoder_2", "type", "unet_type", "te_type", "vae_type", "rules")
+
+
+def _complete_unet_config(weights) -> None:
+    """Single files carry no UNet config. For SDXL the width of each time-id embedding follows from shapes:
+    add_embedding takes pooled (text_embeds) + n_ids * width inputs (6 ids base, 5 refiner; 256 wide in the
+    released models, 8 in the tiny ones)."""
+    cfg = weights.configs.setdefault("unet", {})
+    adm = "unet.add_embedding.linear_1.weight"
+    proj = "text_encoder_2.text_projection.weight"
+    if cfg.get("addition_time_embed_dim") or adm not in weights or proj not in weights:
+        return
+    n_ids = 5 if weights.spec.family == "sdxl_refiner" else 6
+    extra = weights.plan[adm].shape[1] - weights.plan[proj].shape[0]
+    if extra > 0 and extra % n_ids == 0:
+        cfg["addition_time_embed_dim"] = extra // n_ids
+
+
+def _name(path) -> str:
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    base = os.path.basename(os.path.normpath(os.fspath(path)))
+    return os.path.splitext(base)[0] if os.path.isfile(path) else base
+
+
+class Model:
+    """A Stable Diffusion 1.x / 2.x / SDXL model loaded once (weights in one ggml buffer) for many calls.
+
+        model = sdcpp.Model("sd_xl_base_1.0.safetensors", type="q8_0")
+        images = model.generate("a lovely cat", steps=20, seed=1)
+        images[0].save("cat.png"); print(images.report)
+
+    `path`: a .safetensors / .gguf / diffusers folder (or a list, as for `sdcpp.load_weights`); `vae=`,
+    `unet=`, `text_encoder=`, `text_encoder_2=`: component files replacing the model's; `type=`, `unet_type=`,
+    `te_type=`, `vae_type=`, `rules=`: the quantization request (quantize-on-load). `prediction`: override
+    the detected "epsilon" / "v_prediction". `n_threads`: 0 = all cores. Calls from several threads are
+    serialised (one lock per Model)."""
+
+    def __init__(self, path, *, device: str = "cpu", n_threads: int = 0, prediction: str | None = None,
+                 flash_attn: bool = False, progress=True, **quant_request):
+        from ..api import load_weights
+
+        unknown = set(quant_request) - set(LOAD_OPTIONS)
+        if unknown:
+            raise TypeError(f"Model() got unexpected arguments: {', '.join(sorted(unknown))}")
+        start = time.perf_counter()
+        self.weights = load_weights(path, device=device, n_threads=n_threads, progress=progress,
+                                    prediction=prediction, **quant_request)
+        spec = self.weights.spec
+        if not spec.family:
+            raise ValueError(f"{path}: no UNet in this model (components: {', '.join(spec.components)})")
+        self.name = _name(path)
+        _complete_unet_config(self.weights)
+        self.unet = UNet(self.weights, n_threads=n_threads, flash_attn=flash_attn)
+        self.vae = VAE(self.weights, n_threads=n_threads, flash_attn=flash_attn)
+        self.prompt_encoder = PromptEncoder(self.weights, n_threads=n_threads)
+        self.vae_factor = vae_scale_factor(self.weights)
+        self.train = TrainSchedule.sd()
+        self.default_size = default_size(spec, self.unet.config, self.vae_factor)
+        self.load_seconds = time.perf_counter() - start
+        self._lock = threading.Lock()
+        log.info("loaded %s: %s %s (%s) in %.1f s", self.name, spec.family, spec.variant, spec.prediction,
+                 self.load_seconds)
+
+    @property
+    def spec(self):
+        return self.weights.spec
+
+    def __repr__(self):
+        s = self.spec
+        return f"Model({self.name!r}: {s.family} {s.variant}, {s.prediction}, {self.weights.nbytes / 2**20:.1f} MiB)"
+
+    def generate(self, prompt: str, negative_prompt: str = "", **options):
+        """Generate images; returns a list of PIL images with `.info`, `.arrays` and `.report`.
+
+        width, height: default the UNet config's sample_size x 8 where there is one (diffusers' rule), else the
+            family's native size (SD1 512, SD2 768 (512-base: 512), SDXL 1024).
+        steps (20), guidance_scale (7.0; 1 runs no unconditional pass), sampler: euler_a (default), euler,
+            heun, dpm2, dpm++_2m, dpm++_2s_a, lcm, ddim; schedule: discrete (default), karras, exponential,
+            ays, lcm; timestep_spacing: leading (default), trailing, linspace. Each sampler walks the table of
+            its diffusers scheduler (Euler*, DPMSolver*, DDIM).
+        seed: None draws one (reported in .info and .report); image i uses seed + i. rng: "numpy" (default),
+            "philox" (A1111 / stable-diffusion.cpp GPU noise), "cpu" (torch CPU noise, as diffusers on CPU).
+        latents: the start noise [num_images, 4, h, w] at unit variance (scaled by the first sigma here).
+        num_images, clip_skip (A1111: 1 = last layer, 2 = penultimate), eta (ancestral samplers, DDIM).
+        init_image (PIL image, [1, 3, H, W] in [-1, 1], or scaled latents [B, 4, h, w]) with strength (0.75):
+            img2img as diffusers (the last int(steps * strength) steps run). mask_image (white = repaint):
+            inpainting; 9-channel UNets get mask + masked-image latents, others keep the init latent outside
+            the mask at every step.
+        SDXL: original_size, crops_coords_top_left, target_size ((height, width) pairs); refiner:
+            aesthetic_score, negative_aesthetic_score. An empty negative prompt is zeros on SDXL base.
+        progress: True (tqdm bar), False, or callback(step, total, info) -> bool | None, called with step 0
+            before the first step and after each one (info: step_time, latents, denoised); returning False
+            raises sdcpp.Cancelled (the model stays usable). extra: more fields for the PNG parameters text.
+        """
+        unknown = set(options) - Options.names()
+        if unknown:
+            raise TypeError(f"generate() got unexpected arguments: {', '.join(sorted(unknown))}")
+        opts = Options(**options)
+        with self._lock:
+            return run(self, prompt, negative_prompt, opts)
+
+
+def generate(model_path, prompt: str, negative_prompt: str = "", **options):
+    """Load `model_path` and generate once (see `Model` and `Model.generate` for the arguments)."""
+    load = {k: options.pop(k) for k in list(options)
+            if k in (*LOAD_OPTIONS, "device", "n_threads", "prediction", "flash_attn")}
+    progress = options.get("progress", True)
+    # A callback's signature is the generation's (step, total, info); loading gets a plain bar or none.
+    load_progress = progress if isinstance(progress, bool) else False
+    return Model(model_path, progress=load_progress, **load).generate(prompt, negative_prompt, **options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UnsupportedModelError
+from .errors import ModelFormatError, UnsupportedModelError
 from .index import TensorIndex
 
 PREDICTIONS = ("epsilon", "v_prediction")
@@ -93,7 +93,11 @@ def detect(index: TensorIndex, prediction: str | None = None) -> ModelSpec:
     else:
         declared, why = _declared_prediction(index)
         if declared is not None:
-            pred = normalize_prediction(declared)
+            try:
+                pred = normalize_prediction(declared)
+            except ValueError as e:  # the file's word, not the user's: a format error naming the file
+                path, _, key = why.partition(": ")
+                raise ModelFormatError(path, f"{key} declares {e}", rule="prediction") from None
         elif family == "sd2":
             pred, why = "v_prediction", "default for SD 2.x (768-v); pass prediction='epsilon' for 512-base"
         else:

@@ -56,9 +56,11 @@ class TensorIndex:
             for key, value in source.metadata.items():
                 if key.startswith(CONFIG_KEY) and isinstance(value, str):
                     try:
-                        out[key[len(CONFIG_KEY):]] = json.loads(value)
-                    except ValueError:
-                        pass  # a damaged optional hint: shapes and family defaults still apply
+                        config = json.loads(value)
+                    except (ValueError, RecursionError):
+                        continue  # a damaged optional hint: shapes and family defaults still apply
+                    if isinstance(config, dict):
+                        out[key[len(CONFIG_KEY):]] = config
         present = set(self.components())
         return {c: cfg for c, cfg in out.items() if c in present}
 

@@ -93,7 +93,10 @@ def _with_orig_shape(source: RawSource, t: RawTensor) -> RawTensor:
         shape = source.metadata.get(key + t.name)
         if shape is None:
             continue
-        shape = tuple(int(d) for d in shape)
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise ModelFormatError(source.path, f"{key}{t.name} must be a list of integers, got {shape!r:.80}",
+                                   tensor=t.name, rule="orig-shape")
+        shape = tuple(shape)
         n = 1
         for d in shape:
             n *= d

@@ -3,7 +3,14 @@ one quantization policy."""
 
 from .api import inspect, load_weights, quantize
 from .detect import ModelSpec, detect
-from .errors import Cancelled, ModelFormatError, QuantRequestError, SdcppError, UnsupportedModelError
+from .errors import (
+    Cancelled,
+    ModelFormatError,
+    QuantRequestError,
+    ResourceError,
+    SdcppError,
+    UnsupportedModelError,
+)
 from .index import TensorIndex, open_model
 from .pipeline import Model, generate
 from .plan import QuantPlan, make_plan
@@ -13,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cancelled", "Model", "ModelFormatError", "ModelSpec", "QuantPlan", "QuantRequest", "QuantRequestError",
-    "SdcppError", "TensorIndex", "UnsupportedModelError", "detect", "generate", "inspect", "load_weights",
-    "make_plan", "open_model", "quantize",
+    "ResourceError", "SdcppError", "TensorIndex", "UnsupportedModelError", "detect", "generate", "inspect",
+    "load_weights", "make_plan", "open_model", "quantize",
 ]

@@ -33,3 +33,7 @@ class QuantRequestError(SdcppError, ValueError):
 
 class Cancelled(SdcppError):
     """A progress callback returned False; the work stopped and nothing partial was kept."""
+
+
+class ResourceError(SdcppError, MemoryError):
+    """A request that cannot fit in this machine's memory, refused before any work starts."""

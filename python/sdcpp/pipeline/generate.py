@@ -14,6 +14,7 @@ from .conditioning import build_conditioning
 from .denoise import MaskedDenoiser, UNetModel
 from .images import a1111_parameters, to_pil
 from .latents import BatchRNG, image_array, latent_mask, mask_array
+from .memory import check_fits
 from .options import Options
 from .report import GenerationReport, Images, peak_rss, weight_bytes
 from .schedule import img2img_start, make_table
@@ -107,6 +108,8 @@ class _Steps:
 
 def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     o = o.resolved(model.default_size, model.vae_factor)
+    check_fits(model.weights, width=o.width, height=o.height, batch=o.num_images, cfg=o.guidance_scale != 1.0,
+               factor=model.vae_factor, flash_attn=model.flash_attn)
     spec = model.weights.spec
     report = GenerationReport(seed=o.seed, weights=weight_bytes(model.weights.plan))
     report.timings["load"] = model.load_seconds

@@ -69,6 +69,7 @@ class Model:
         if not spec.family:
             raise ValueError(f"{path}: no UNet in this model (components: {', '.join(spec.components)})")
         self.name = _name(path)
+        self.flash_attn = flash_attn
         _complete_unet_config(self.weights)
         self.unet = UNet(self.weights, n_threads=n_threads, flash_attn=flash_attn)
         self.vae = VAE(self.weights, n_threads=n_threads, flash_attn=flash_attn)

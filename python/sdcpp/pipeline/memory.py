@@ -1,0 +1,64 @@
+"""Refuse generations that cannot fit before starting them, instead of letting the OS kill the process.
+
+The estimate is a lower bound: the few tensors that must exist at once at the largest resolution
+(activations around the VAE's full-resolution convs, and attention score matrices when flash attention is
+off). A request is refused only when that bound alone exceeds the memory available, so nothing that would
+fit is refused; what it reports is "at least"."""
+
+from __future__ import annotations
+
+import os
+
+F32 = 4
+
+
+def available_bytes() -> int | None:
+    """MemAvailable on Linux; None where unknown (no check then)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def lower_bound(weights, *, width: int, height: int, batch: int, cfg: bool, factor: int,
+                flash_attn: bool) -> tuple[int, str]:
+    """(bytes, what) of the largest unavoidable working set of one generation."""
+    h, w = height // factor, width // factor
+    plan = weights.plan
+    bounds = []
+    conv_out = plan.entries.get("vae.decoder.conv_out.weight")
+    if conv_out is not None:  # decoding is one image at a time: input and output of the last conv coexist
+        bounds.append((2 * conv_out.shape[1] * width * height * F32, "VAE decoder activations at full resolution"))
+    if "vae.decoder.mid_block.attentions.0.to_q.weight" in plan.entries and not flash_attn:
+        bounds.append(((h * w) ** 2 * F32, "VAE mid-block attention scores"))
+    rows = batch * (2 if cfg else 1)
+    conv_in = plan.entries.get("unet.conv_in.weight")
+    if conv_in is not None:
+        bounds.append((2 * rows * conv_in.shape[0] * h * w * F32, "UNet activations at latent resolution"))
+    level = 0
+    while f"unet.down_blocks.{level}.resnets.0.conv1.weight" in plan.entries:
+        proj = plan.entries.get(f"unet.down_blocks.{level}.attentions.0.proj_in.weight")
+        if proj is not None:
+            if not flash_attn:  # one head's scores at a time is the least any schedule of the graph needs
+                tokens = (h >> level) * (w >> level)
+                bounds.append((rows * tokens * tokens * F32, f"UNet attention scores at level {level}"))
+            break
+        level += 1
+    return max(bounds, default=(0, "nothing"))
+
+
+def check_fits(weights, *, width: int, height: int, batch: int, cfg: bool, factor: int, flash_attn: bool):
+    from ..errors import ResourceError
+
+    need, what = lower_bound(weights, width=width, height=height, batch=batch, cfg=cfg, factor=factor,
+                             flash_attn=flash_attn)
+    avail = available_bytes()
+    if avail is not None and need > avail and not os.environ.get("SDCPP_NO_MEMORY_CHECK"):
+        raise ResourceError(
+            f"{width}x{height} x{batch}: needs at least {need / 2**30:.1f} GiB ({what}), "
+            f"{avail / 2**30:.1f} GiB available; use a smaller size or batch"
+            + ("" if flash_attn else ", or flash_attn=True"))

@@ -76,3 +76,20 @@ def test_request_that_cannot_fit_is_refused_early(fixtures_dir):
     assert calls == []  # refused before the first step
     assert isinstance(e.value, MemoryError)
     model.generate("a cat", seed=3, **GEN)  # and the model is still usable
+
+
+def test_saved_png_has_normal_permissions(tmp_path):
+    import os
+
+    from PIL import Image
+
+    from sdcpp.pipeline.images import save_png
+
+    umask = os.umask(0o022)
+    try:
+        save_png(Image.new("RGB", (8, 8)), tmp_path / "a.png", "a cat\nSteps: 1")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    assert Image.open(tmp_path / "a.png").info["parameters"] == "a cat\nSteps: 1"

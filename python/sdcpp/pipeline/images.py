@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -64,7 +64,10 @@ def save_png(image: Image.Image, path, parameters: str | None = None):
     text = parameters if parameters is not None else image.info.get("parameters")
     if text:
         info.add_text("parameters", text)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".png.partial", dir=os.path.dirname(os.path.abspath(path)))
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    # os.open with 0o666 honours the umask (mkstemp would leave the image readable by its owner only)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)

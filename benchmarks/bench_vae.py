@@ -46,7 +46,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--latent", type=int, default=32)
     ap.add_argument("--types", nargs="+", default=["f32", "f16"])
-    ap.add_argument("--budgets", type=float, nargs="+", default=[256, 0], help="max_im2col_mib values (0: off)")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[32, 0], help="max_im2col_mib values (0: off)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "sdcpp-bench-sd-vae")
     args = ap.parse_args()

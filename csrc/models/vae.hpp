@@ -17,7 +17,9 @@ struct VaeConfig {
     int groups = 32;       // norm_num_groups
     float eps = 1e-6f;     // diffusers' Encoder/Decoder use 1e-6 everywhere
     bool flash_attn = false;
-    size_t max_im2col_bytes = size_t(256) << 20;  // larger convs run in bands of output rows (0: never)
+    // Larger convs run in bands of output rows (0: never). Measured on an SD VAE decode at 256x256: bands of
+    // 8-32 MiB were 24% faster than whole convs (cache-sized columns) and cut the compute buffer by a third.
+    size_t max_im2col_bytes = size_t(32) << 20;
 };
 
 class Vae {

@@ -18,7 +18,7 @@ void register_vae(py::module_& m) {
                  return new Vae(store, cfg, n_threads);
              }),
              py::arg("store"), py::arg("groups") = 32, py::arg("flash_attn") = false,
-             py::arg("max_im2col_mib") = 256.0, py::arg("n_threads") = 0,
+             py::arg("max_im2col_mib") = 32.0, py::arg("n_threads") = 0,
              py::keep_alive<1, 2>())
         .def(
             "decode",

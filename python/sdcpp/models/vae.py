@@ -25,7 +25,7 @@ class VAE:
     `max_im2col_mib`: convs whose im2col matrix would be larger run in bands of output rows (0 = never);
     this bounds the compute buffer of large decodes."""
 
-    def __init__(self, weights, n_threads: int = 0, flash_attn: bool = False, max_im2col_mib: float = 256):
+    def __init__(self, weights, n_threads: int = 0, flash_attn: bool = False, max_im2col_mib: float = 32):
         if "vae.decoder.conv_in.weight" not in weights:
             raise ValueError("these weights hold no VAE")
         self.weights = weights

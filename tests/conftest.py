@@ -17,6 +17,8 @@ _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:  # `fixtures` stays importable even if tests/ becomes a package
     sys.path.insert(0, str(_TESTS))
 
+from parity import single_threaded_torch  # noqa: E402, F401  (a shared fixture, registered here)
+
 
 @pytest.fixture(scope="session")
 def fixture_files(request, tmp_path_factory) -> dict[str, dict[str, Path]]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import sdcpp
+from parity import rel_l2
 from sdcpp.models.vae import VAE
 from sdcpp.plan import K_FALLBACK
 
@@ -26,18 +27,7 @@ THREADS = 1
 QUANT_MAX_ERR = {"f16": 1e-2, "bf16": 1e-2, "q8_0": 5e-2, "q4_0": 5e-2, "q4_K": 5e-2}
 
 
-def rel_l2(a, b) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded_torch():
-    """The tiny reference models run fastest on one thread, and torch's spinning workers fight ggml's for the
-    cores; restored afterwards so other test modules keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import core
+from ._graph import GraphModel
 
 # Heads when the weights carry no UNet config: SD1 uses 8 heads everywhere, SD2/SDXL 64-wide heads.
 SD1_HEADS = 8
@@ -43,7 +44,7 @@ def _f32(a, ndim: int, what: str) -> np.ndarray:
     return a
 
 
-class UNet:
+class UNet(GraphModel):
     """The UNet of loaded `Weights` (`sdcpp.load_weights`).
 
     `n_threads`: 0 = all cores. `flash_attn`: ggml_flash_attn_ext instead of mul_mat + soft_max.
@@ -88,19 +89,3 @@ class UNet:
         te = None if text_embeds is None else _f32(text_embeds, 2, "text_embeds")
         ids = None if time_ids is None else _f32(time_ids, 2, "time_ids")
         return self._graph.predict(x, t, ctx, te, ids)
-
-    def used_weights(self) -> set[str]:
-        """Weight names the graphs built so far have read."""
-        return set(self._graph.used_weights())
-
-    def compute_buffer_size(self) -> int:
-        return self._graph.compute_buffer_size()
-
-    def set_profiling(self, on: bool = True) -> None:
-        """Time each graph node of the following runs (slower: one thread start per node)."""
-        self._graph.set_profiling(on)
-
-    def last_profile(self) -> list[tuple[str, str, float, float]]:
-        """(op, node name, seconds, flops) per node of the last profiled run; names group block parts
-        (conv.matmul, conv.im2col, attn.kq, linear.matmul, norm.group, ...)."""
-        return self._graph.last_profile()

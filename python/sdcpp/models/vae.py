@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import core
+from ._graph import GraphModel
 
 # Latent scaling of each family when the weights carry no VAE config (diffusers' defaults).
 SCALING_FACTORS = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025, "sdxl_refiner": 0.13025}
@@ -17,7 +18,7 @@ def _f32(a, what: str) -> np.ndarray:
     return a
 
 
-class VAE:
+class VAE(GraphModel):
     """The VAE of loaded `Weights` (`sdcpp.load_weights`). No scaling factor is applied inside: multiply
     encoder output by `scaling_factor` and divide latents by it before `decode`, as diffusers pipelines do.
 
@@ -47,19 +48,3 @@ class VAE:
         """images [B, 3, H, W] in [-1, 1] -> latent mean [B, 4, H/8, W/8], or a sample mean + std * noise."""
         eps = None if noise is None else _f32(noise, "noise")
         return self._graph.encode(_f32(images, "images"), eps)
-
-    def used_weights(self) -> set[str]:
-        """Weight names the graphs built so far have read."""
-        return set(self._graph.used_weights())
-
-    def compute_buffer_size(self) -> int:
-        return self._graph.compute_buffer_size()
-
-    def set_profiling(self, on: bool = True) -> None:
-        """Time each graph node of the following runs (slower: one thread start per node)."""
-        self._graph.set_profiling(on)
-
-    def last_profile(self) -> list[tuple[str, str, float, float]]:
-        """(op, node name, seconds, flops) per node of the last profiled run; names group block parts
-        (conv.matmul, conv.im2col, attn.kq, linear.matmul, norm.group, ...)."""
-        return self._graph.last_profile()

@@ -1,0 +1,23 @@
+"""What every model wrapper offers around its sdcpp._core graph object (introspection and profiling)."""
+
+from __future__ import annotations
+
+
+class GraphModel:
+    _graph = None  # the sdcpp._core model object, set by the subclass
+
+    def used_weights(self) -> set[str]:
+        """Weight names the graphs built so far have read."""
+        return set(self._graph.used_weights())
+
+    def compute_buffer_size(self) -> int:
+        return self._graph.compute_buffer_size()
+
+    def set_profiling(self, on: bool = True) -> None:
+        """Time each graph node of the following runs (slower: one thread start per node)."""
+        self._graph.set_profiling(on)
+
+    def last_profile(self) -> list[tuple[str, str, float, float]]:
+        """(op, node name, seconds, flops) per node of the last profiled run; names group block parts
+        (conv.matmul, conv.im2col, attn.kq, linear.matmul, norm.group, ...)."""
+        return self._graph.last_profile()

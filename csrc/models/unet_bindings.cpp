@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "models/nchw_py.hpp"
+#include "models/introspection_py.hpp"
 #include "models/register.hpp"
 #include "models/unet.hpp"
 
@@ -46,8 +47,8 @@ Nchw predict(Unet& unet, const FloatArray& latents, const FloatArray& timesteps,
 }  // namespace
 
 void register_unet(py::module_& m) {
-    py::class_<Unet>(m, "UNet", "UNet2DConditionModel graph over the unet.* weights of a WeightStore.")
-        .def(py::init([](WeightStore& store, const std::vector<int>& heads, int groups, float norm_eps,
+    py::class_<Unet> cls(m, "UNet", "UNet2DConditionModel graph over the unet.* weights of a WeightStore.");
+    cls.def(py::init([](WeightStore& store, const std::vector<int>& heads, int groups, float norm_eps,
                          int addition_time_embed_dim, bool flash_attn, double max_im2col_mib, int n_threads) {
                  UnetConfig cfg;
                  cfg.heads = heads;
@@ -74,20 +75,8 @@ void register_unet(py::module_& m) {
         .def_property_readonly("in_channels", &Unet::in_channels)
         .def_property_readonly("context_dim", &Unet::context_dim)
         .def_property_readonly("adm_in_channels", &Unet::adm_in_channels)
-        .def_property_readonly("n_down_blocks", &Unet::n_down_blocks)
-        .def("used_weights", &Unet::used_weights)
-        .def("compute_buffer_size", &Unet::compute_buffer_size)
-        .def("set_profiling", &Unet::set_profiling, py::arg("on"))
-        .def(
-            "last_profile",
-            [](const Unet& m) {
-                py::list out;
-                for (const auto& t : m.last_profile()) {
-                    out.append(py::make_tuple(t.op, t.name, t.seconds, t.flops));
-                }
-                return out;
-            },
-            "(op, node name, seconds, flops) per graph node of the last profiled run");
+        .def_property_readonly("n_down_blocks", &Unet::n_down_blocks);
+    bind_introspection(cls);
 }
 
 }  // namespace sdcpp

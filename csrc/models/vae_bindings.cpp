@@ -1,6 +1,7 @@
 #include <pybind11/stl.h>
 
 #include "models/nchw_py.hpp"
+#include "models/introspection_py.hpp"
 #include "models/register.hpp"
 #include "models/vae.hpp"
 
@@ -9,8 +10,8 @@ namespace py = pybind11;
 namespace sdcpp {
 
 void register_vae(py::module_& m) {
-    py::class_<Vae>(m, "VAE", "AutoencoderKL encoder/decoder graphs over the vae.* weights of a WeightStore.")
-        .def(py::init([](WeightStore& store, int groups, bool flash_attn, double max_im2col_mib, int n_threads) {
+    py::class_<Vae> cls(m, "VAE", "AutoencoderKL encoder/decoder graphs over the vae.* weights of a WeightStore.");
+    cls.def(py::init([](WeightStore& store, int groups, bool flash_attn, double max_im2col_mib, int n_threads) {
                  VaeConfig cfg;
                  cfg.groups = groups;
                  cfg.flash_attn = flash_attn;
@@ -52,20 +53,8 @@ void register_vae(py::module_& m) {
             },
             py::arg("images"), py::arg("noise") = py::none(),
             "images [N, C, H, W] float32 -> latent mean, or mean + std * noise")
-        .def_property_readonly("latent_channels", &Vae::latent_channels)
-        .def("used_weights", &Vae::used_weights)
-        .def("compute_buffer_size", &Vae::compute_buffer_size)
-        .def("set_profiling", &Vae::set_profiling, py::arg("on"))
-        .def(
-            "last_profile",
-            [](const Vae& m) {
-                py::list out;
-                for (const auto& t : m.last_profile()) {
-                    out.append(py::make_tuple(t.op, t.name, t.seconds, t.flops));
-                }
-                return out;
-            },
-            "(op, node name, seconds, flops) per graph node of the last profiled run");
+        .def_property_readonly("latent_channels", &Vae::latent_channels);
+    bind_introspection(cls);
 }
 
 }  // namespace sdcpp

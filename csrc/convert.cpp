@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -84,12 +86,32 @@ bool convert_chunk(const Job& job, int64_t row0, int64_t n_rows, Scratch& scratc
 
 }  // namespace
 
+int physical_cores() {
+    const unsigned logical = std::max(1u, std::thread::hardware_concurrency());
+#ifdef __linux__
+    std::set<std::string> cores;
+    for (unsigned cpu = 0; cpu < logical; ++cpu) {
+        std::ifstream f("/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/thread_siblings_list");
+        std::string siblings;
+        if (f && std::getline(f, siblings)) {
+            cores.insert(siblings);
+        }
+    }
+    if (!cores.empty()) {
+        return static_cast<int>(cores.size());
+    }
+#endif
+    return static_cast<int>(logical);
+}
+
 int resolve_threads(int n_threads) {
     if (n_threads < 0) {
-        throw std::invalid_argument("n_threads must be >= 0 (0 = all cores), got " + std::to_string(n_threads));
+        throw std::invalid_argument("n_threads must be >= 0 (0 = one per physical core), got " +
+                                    std::to_string(n_threads));
     }
     if (n_threads == 0) {
-        n_threads = static_cast<int>(std::thread::hardware_concurrency());
+        static const int cores = physical_cores();
+        n_threads = cores;
     }
     return std::max(1, n_threads);
 }

@@ -7,8 +7,12 @@
 
 namespace sdcpp {
 
-// 0 means "all hardware threads"; negative values throw std::invalid_argument.
+// 0 means "one per physical core" (hyper-threads share a core's vector units, so compute-bound ggml work
+// gains nothing from them); negative values throw std::invalid_argument.
 int resolve_threads(int n_threads);
+
+// Physical cores: distinct thread-sibling sets in Linux sysfs; elsewhere the hardware thread count.
+int physical_cores();
 
 // Converts n_rows rows of n_per_row elements from src_type to dst_type.
 // Preconditions (validated by the caller): n_per_row fits both block sizes, dst can be

@@ -191,6 +191,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("ggml_version", [] { return std::string(ggml_version()); });
     m.def("ggml_commit", [] { return std::string(ggml_commit()); });
     m.def("system_info", &py_system_info);
+    m.def("physical_cores", &physical_cores, "Physical CPU cores: the default thread count (n_threads=0).");
     m.def("type_info", &py_type_info, py::arg("name"));
     m.def("type_names", &type_names);
     m.def("row_size", &py_row_size, py::arg("type"), py::arg("n_per_row"));

@@ -218,3 +218,15 @@ def test_bench_mul_mat_runs(c):
         c.bench_mul_mat("q4_K", 64, 8, 32)
     with pytest.raises(ValueError):
         c.bench_mul_mat("f16", 0, 8, 32)
+
+
+def test_default_threads_are_physical_cores():
+    import glob
+    import os
+
+    cores = core().physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    pattern = "/sys/devices/system/cpu/cpu[0-9]*/topology/thread_siblings_list"
+    siblings = {open(p).read().strip() for p in glob.glob(pattern)}
+    if siblings:  # Linux: one thread per distinct sibling set
+        assert cores == len(siblings)

@@ -44,7 +44,7 @@ class TextEncoder:
 
     `n_heads`, `hidden_act`, `layer_norm_eps` override the config/family defaults (needed for non-standard
     models loaded from a source without config, e.g. the tiny test models whose heads are 32 wide).
-    `flash_attn`: use ggml_flash_attn_ext for attention. `n_threads`: 0 = all cores."""
+    `flash_attn`: use ggml_flash_attn_ext for attention. `n_threads`: 0 = one per physical core."""
 
     def __init__(self, weights, component: str = "text_encoder", *, n_heads: int | None = None,
                  hidden_act: str | None = None, layer_norm_eps: float | None = None,

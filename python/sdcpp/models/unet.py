@@ -47,7 +47,7 @@ def _f32(a, ndim: int, what: str) -> np.ndarray:
 class UNet(GraphModel):
     """The UNet of loaded `Weights` (`sdcpp.load_weights`).
 
-    `n_threads`: 0 = all cores. `flash_attn`: ggml_flash_attn_ext instead of mul_mat + soft_max.
+    `n_threads`: 0 = one per physical core. `flash_attn`: ggml_flash_attn_ext instead of mul_mat + soft_max.
     `max_im2col_mib`: convs whose im2col matrix would be larger run in bands of output rows (0 = never)."""
 
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool = False, max_im2col_mib: float = 256):

@@ -22,7 +22,7 @@ class VAE(GraphModel):
     """The VAE of loaded `Weights` (`sdcpp.load_weights`). No scaling factor is applied inside: multiply
     encoder output by `scaling_factor` and divide latents by it before `decode`, as diffusers pipelines do.
 
-    `n_threads`: 0 = all cores. `flash_attn`: ggml_flash_attn_ext for the mid-block attention.
+    `n_threads`: 0 = one per physical core. `flash_attn`: ggml_flash_attn_ext for the mid-block attention.
     `max_im2col_mib`: convs whose im2col matrix would be larger run in bands of output rows (0 = never);
     this bounds the compute buffer of large decodes."""
 

@@ -52,7 +52,7 @@ class Model:
     `path`: a .safetensors / .gguf / diffusers folder (or a list, as for `sdcpp.load_weights`); `vae=`,
     `unet=`, `text_encoder=`, `text_encoder_2=`: component files replacing the model's; `type=`, `unet_type=`,
     `te_type=`, `vae_type=`, `rules=`: the quantization request (quantize-on-load). `prediction`: override
-    the detected "epsilon" / "v_prediction". `n_threads`: 0 = all cores. Calls from several threads are
+    the detected "epsilon" / "v_prediction". `n_threads`: 0 = one per physical core. Calls from several threads are
     serialised (one lock per Model)."""
 
     def __init__(self, path, *, device: str = "cpu", n_threads: int = 0, prediction: str | None = None,

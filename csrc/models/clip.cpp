@@ -34,7 +34,7 @@ ClipActivation clip_activation_from_name(const std::string& name) {
 }
 
 ClipTextModel::ClipTextModel(WeightStore& weights, std::string prefix, const ClipConfig& config, int n_threads)
-    : prefix_(std::move(prefix)), config_(config), runner_(weights, n_threads) {
+    : GraphModel(weights, n_threads), prefix_(std::move(prefix)), config_(config) {
     // Every shape is checked here, so graph building never reaches a GGML_ASSERT (process abort).
     auto ne_of = [&](const std::string& leaf) {
         const std::string name = prefix_ + leaf;
@@ -100,17 +100,6 @@ ClipTextModel::ClipTextModel(WeightStore& weights, std::string prefix, const Cli
         }
         proj_dim_ = p[1];
     }
-}
-
-size_t ClipTextModel::compute_buffer_size() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return runner_.compute_buffer_size();
-}
-
-std::vector<std::string> ClipTextModel::used_weights() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto& s = runner_.used_weights();
-    return std::vector<std::string>(s.begin(), s.end());
 }
 
 ggml_tensor* ClipTextModel::linear(ggml_tensor* x, const std::string& name, bool bias) {

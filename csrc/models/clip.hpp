@@ -3,12 +3,12 @@
 #pragma once
 
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include <ggml.h>
 
+#include "models/graph_model.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
@@ -41,7 +41,7 @@ struct ClipOutput {
     std::vector<float> text_embeds;  // [B, P], empty unless requested and the model has a projection
 };
 
-class ClipTextModel {
+class ClipTextModel : public GraphModel {
 public:
     // `prefix`: component prefix of the canonical names, e.g. "text_encoder." (weights under
     // prefix + "text_model." and prefix + "text_projection.weight"). Shapes are checked here.
@@ -56,9 +56,6 @@ public:
     int64_t n_positions() const { return n_pos_; }
     int64_t projection_dim() const { return proj_dim_; }  // 0: no text_projection
     const ClipConfig& config() const { return config_; }
-    size_t compute_buffer_size() const;
-    // Every weight a graph has read so far (a copy: compute() may run on another thread).
-    std::vector<std::string> used_weights() const;
 
 private:
     ggml_tensor* w(const std::string& leaf) const { return runner_.weight(prefix_ + leaf); }
@@ -74,8 +71,6 @@ private:
     int64_t vocab_ = 0;
     int64_t n_pos_ = 0;
     int64_t proj_dim_ = 0;
-    GraphRunner runner_;
-    mutable std::mutex mutex_;
 };
 
 }  // namespace sdcpp

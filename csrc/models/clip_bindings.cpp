@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "models/clip.hpp"
+#include "models/introspection_py.hpp"
 #include "models/register.hpp"
 
 namespace py = pybind11;
@@ -65,9 +66,9 @@ py::dict clip_compute(ClipTextModel& model, const IntArray& tokens, const IntArr
 }  // namespace
 
 void register_clip(py::module_& m) {
-    py::class_<ClipTextModel>(m, "ClipTextModel",
-                              "CLIP text transformer over the weights `prefix`text_model.* of a WeightStore.")
-        .def(py::init([](WeightStore& store, const std::string& prefix, int n_layers, int n_heads,
+    py::class_<ClipTextModel> cls(m, "ClipTextModel",
+                                  "CLIP text transformer over the weights `prefix`text_model.* of a WeightStore.");
+    cls.def(py::init([](WeightStore& store, const std::string& prefix, int n_layers, int n_heads,
                          const std::string& hidden_act, float eps, bool flash_attn, int n_threads) {
                  ClipConfig cfg;
                  cfg.n_layers = n_layers;
@@ -91,9 +92,8 @@ void register_clip(py::module_& m) {
         .def_property_readonly("projection_dim", &ClipTextModel::projection_dim)
         .def_property_readonly("n_layers", [](const ClipTextModel& c) { return c.config().n_layers; })
         .def_property_readonly("n_heads", [](const ClipTextModel& c) { return c.config().n_heads; })
-        .def_property_readonly("flash_attn", [](const ClipTextModel& c) { return c.config().flash_attn; })
-        .def("compute_buffer_size", &ClipTextModel::compute_buffer_size)
-        .def("used_weights", &ClipTextModel::used_weights);
+        .def_property_readonly("flash_attn", [](const ClipTextModel& c) { return c.config().flash_attn; });
+    bind_introspection(cls);
 }
 
 }  // namespace sdcpp

@@ -138,7 +138,7 @@ ggml_tensor* forward(const Graph& g, const Inputs& in, const UnetConfig& cfg) {
 }  // namespace
 
 Unet::Unet(WeightStore& weights, const UnetConfig& config, int n_threads)
-    : weights_(weights), config_(config), runner_(weights, n_threads) {
+    : GraphModel(weights, n_threads), weights_(weights), config_(config) {
     const std::string conv_in = "unet.conv_in.weight";
     if (!weights_.contains(conv_in)) {
         throw std::invalid_argument("UNet weight '" + conv_in + "' is missing");
@@ -165,10 +165,6 @@ Unet::Unet(WeightStore& weights, const UnetConfig& config, int n_threads)
     if (weights_.contains("unet.add_embedding.linear_1.weight")) {
         adm_in_channels_ = weights_.ne("unet.add_embedding.linear_1.weight")[0];
     }
-}
-
-std::vector<std::string> Unet::used_weights() const {
-    return {runner_.used_weights().begin(), runner_.used_weights().end()};
 }
 
 Nchw Unet::predict(const float* latents, int64_t n, int64_t c, int64_t h, int64_t w, const float* timesteps,

@@ -5,11 +5,11 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "models/nchw.hpp"
+#include "models/graph_model.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
@@ -34,7 +34,7 @@ struct UnetAdded {
     int64_t n_time_ids = 0;
 };
 
-class Unet {
+class Unet : public GraphModel {
 public:
     Unet(WeightStore& weights, const UnetConfig& config, int n_threads = 0);
 
@@ -47,17 +47,10 @@ public:
     // Input width of add_embedding (pooled + time ids), 0 when the UNet has none (SD1/SD2).
     int64_t adm_in_channels() const { return adm_in_channels_; }
     int n_down_blocks() const { return n_down_; }
-    std::vector<std::string> used_weights() const;
-    size_t compute_buffer_size() const { return runner_.compute_buffer_size(); }
-    // Per-node timing of the next runs (see GraphRunner::set_profiling).
-    void set_profiling(bool on) { runner_.set_profiling(on); }
-    std::vector<GraphRunner::NodeTime> last_profile() const { return runner_.last_profile(); }
 
 private:
     WeightStore& weights_;
     UnetConfig config_;
-    GraphRunner runner_;
-    std::mutex mutex_;  // one graph at a time per runner
     int64_t in_channels_ = 0;
     int64_t context_dim_ = 0;
     int64_t adm_in_channels_ = 0;

@@ -82,7 +82,7 @@ ggml_tensor* encoder(const Graph& g, ggml_tensor* x, const VaeConfig& cfg) {
 }  // namespace
 
 Vae::Vae(WeightStore& weights, const VaeConfig& config, int n_threads)
-    : weights_(weights), config_(config), runner_(weights, n_threads) {
+    : GraphModel(weights, n_threads), weights_(weights), config_(config) {
     for (const char* name : {"vae.decoder.conv_in.weight", "vae.encoder.conv_in.weight"}) {
         if (!weights_.contains(name)) {
             throw std::invalid_argument(std::string("VAE weight '") + name + "' is missing");
@@ -91,10 +91,6 @@ Vae::Vae(WeightStore& weights, const VaeConfig& config, int n_threads)
     latent_channels_ = weights_.contains("vae.post_quant_conv.weight")
                            ? conv_in_channels(weights_, "vae.post_quant_conv.weight", 1)
                            : conv_in_channels(weights_, "vae.decoder.conv_in.weight", 3);
-}
-
-std::vector<std::string> Vae::used_weights() const {
-    return {runner_.used_weights().begin(), runner_.used_weights().end()};
 }
 
 Nchw Vae::decode(const float* latents, int64_t n, int64_t c, int64_t h, int64_t w) {

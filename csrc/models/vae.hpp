@@ -3,11 +3,11 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "models/nchw.hpp"
+#include "models/graph_model.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
@@ -22,7 +22,7 @@ struct VaeConfig {
     size_t max_im2col_bytes = size_t(32) << 20;
 };
 
-class Vae {
+class Vae : public GraphModel {
 public:
     Vae(WeightStore& weights, const VaeConfig& config, int n_threads = 0);
 
@@ -33,17 +33,10 @@ public:
                 size_t noise_count = 0);
 
     int64_t latent_channels() const { return latent_channels_; }
-    std::vector<std::string> used_weights() const;
-    size_t compute_buffer_size() const { return runner_.compute_buffer_size(); }
-    // Per-node timing of the next runs (see GraphRunner::set_profiling).
-    void set_profiling(bool on) { runner_.set_profiling(on); }
-    std::vector<GraphRunner::NodeTime> last_profile() const { return runner_.last_profile(); }
 
 private:
     WeightStore& weights_;
     VaeConfig config_;
-    GraphRunner runner_;
-    std::mutex mutex_;  // one graph at a time per runner
     int64_t latent_channels_ = 0;
 };
 

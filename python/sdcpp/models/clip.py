@@ -19,6 +19,7 @@ import numpy as np
 
 from .._native import core
 from ..errors import UnsupportedModelError
+from ._graph import GraphModel
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -39,7 +40,7 @@ def default_activation(component: str, family: str, hidden_size: int) -> str:
     return "quick_gelu"
 
 
-class TextEncoder:
+class TextEncoder(GraphModel):
     """One text encoder of a loaded model (`sdcpp.load_weights`), numpy in and out.
 
     `n_heads`, `hidden_act`, `layer_norm_eps` override the config/family defaults (needed for non-standard
@@ -87,7 +88,7 @@ class TextEncoder:
             raise UnsupportedModelError(f"{component}: {self.n_heads} heads do not divide the hidden size "
                                         f"{self.hidden_size}")
         self.flash_attn = bool(flash_attn)
-        self._model = core().ClipTextModel(weights._store, prefix, self.n_layers, self.n_heads, self.hidden_act,
+        self._graph = core().ClipTextModel(weights._store, prefix, self.n_layers, self.n_heads, self.hidden_act,
                                            self.layer_norm_eps, self.flash_attn, n_threads)
 
     def __repr__(self):
@@ -135,16 +136,8 @@ class TextEncoder:
         if not -(n + 1) <= layer <= n:
             raise ValueError(f"layer must be in [{-(n + 1)}, {n}] ({n} layers), got {layer}")
         out_layer = layer % (n + 1)
-        return dict(self._model.compute(ids, eos_pos, out_layer, bool(final_norm), bool(pooled)))
-
-    def used_weights(self) -> set[str]:
-        """Every weight name a graph of this encoder has read so far."""
-        return set(self._model.used_weights())
+        return dict(self._graph.compute(ids, eos_pos, out_layer, bool(final_norm), bool(pooled)))
 
     def weight_names(self) -> set[str]:
         """Every stored weight of this component."""
         return set(self._names)
-
-    @property
-    def compute_buffer_size(self) -> int:
-        return self._model.compute_buffer_size()

@@ -4,6 +4,7 @@ in each stored weight type (quantized runs are compared with diffusers running t
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -34,15 +35,9 @@ pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 @pytest.fixture(scope="module")
 def reference(fixtures_dir):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = diffusers.UNet2DConditionModel.from_pretrained(
-                fixtures_dir / family / "diffusers", subfolder="unet").eval()
-        return cache[family]
-
-    return get
+    """family -> the diffusers model, each loaded once per module."""
+    return functools.cache(lambda family: diffusers.UNet2DConditionModel.from_pretrained(
+        fixtures_dir / family / "diffusers", subfolder="unet").eval())
 
 
 def make_inputs(family, ref, batch=2, size=(8, 12), seed=0) -> dict:

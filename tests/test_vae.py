@@ -4,6 +4,7 @@ f32 and in each stored weight type (quantized runs are compared with diffusers o
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -32,15 +33,9 @@ pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 @pytest.fixture(scope="module")
 def reference(fixtures_dir):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = diffusers.AutoencoderKL.from_pretrained(
-                fixtures_dir / family / "diffusers", subfolder="vae").eval()
-        return cache[family]
-
-    return get
+    """family -> the diffusers model, each loaded once per module."""
+    return functools.cache(lambda family: diffusers.AutoencoderKL.from_pretrained(
+        fixtures_dir / family / "diffusers", subfolder="vae").eval())
 
 
 def inputs(seed=0, batch=2, latent=(8, 12)):

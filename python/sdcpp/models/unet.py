@@ -10,6 +10,7 @@ from ._graph import GraphModel
 # Heads when the weights carry no UNet config: SD1 uses 8 heads everywhere, SD2/SDXL 64-wide heads.
 SD1_HEADS = 8
 HEAD_DIM = 64
+SDXL_TIME_EMBED_DIM = 256
 
 
 def _down_channels(weights) -> list[int]:
@@ -37,6 +38,21 @@ def attention_heads(weights, config: dict) -> list[int]:
     return heads
 
 
+def addition_time_embed_dim(weights, config: dict) -> int:
+    """SDXL: sinusoidal width of each time id. A config says; single files don't, but add_embedding takes
+    pooled (text_embeds) + n_ids * width inputs (6 ids base, 5 refiner), so the shapes tell when the
+    pooled width is known from text_encoder_2's projection. 256 in the released models."""
+    if config.get("addition_time_embed_dim"):
+        return int(config["addition_time_embed_dim"])
+    adm, proj = "unet.add_embedding.linear_1.weight", "text_encoder_2.text_projection.weight"
+    if adm in weights and proj in weights:
+        n_ids = 5 if weights.spec.family == "sdxl_refiner" else 6
+        extra = weights.plan[adm].shape[1] - weights.plan[proj].shape[0]
+        if extra > 0 and extra % n_ids == 0:
+            return extra // n_ids
+    return SDXL_TIME_EMBED_DIM
+
+
 def _f32(a, ndim: int, what: str) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
     if a.ndim != ndim:
@@ -60,7 +76,7 @@ class UNet(GraphModel):
         self._graph = core().UNet(
             weights._store, self.heads, groups=int(cfg.get("norm_num_groups") or 32),
             norm_eps=float(cfg.get("norm_eps") or 1e-5),
-            addition_time_embed_dim=int(cfg.get("addition_time_embed_dim") or 256), flash_attn=flash_attn,
+            addition_time_embed_dim=addition_time_embed_dim(weights, cfg), flash_attn=flash_attn,
             max_im2col_mib=max_im2col_mib, n_threads=n_threads)
 
     @property

@@ -20,21 +20,6 @@ log = logging.getLogger("sdcpp")
 LOAD_OPTIONS = ("unet", "vae", "text_encoder", "text_encoder_2", "type", "unet_type", "te_type", "vae_type", "rules")
 
 
-def _complete_unet_config(weights) -> None:
-    """Single files carry no UNet config. For SDXL the width of each time-id embedding follows from shapes:
-    add_embedding takes pooled (text_embeds) + n_ids * width inputs (6 ids base, 5 refiner; 256 wide in the
-    released models, 8 in the tiny ones)."""
-    cfg = weights.configs.setdefault("unet", {})
-    adm = "unet.add_embedding.linear_1.weight"
-    proj = "text_encoder_2.text_projection.weight"
-    if cfg.get("addition_time_embed_dim") or adm not in weights or proj not in weights:
-        return
-    n_ids = 5 if weights.spec.family == "sdxl_refiner" else 6
-    extra = weights.plan[adm].shape[1] - weights.plan[proj].shape[0]
-    if extra > 0 and extra % n_ids == 0:
-        cfg["addition_time_embed_dim"] = extra // n_ids
-
-
 def _name(path) -> str:
     if isinstance(path, (list, tuple)):
         path = path[0]
@@ -70,7 +55,6 @@ class Model:
             raise ValueError(f"{path}: no UNet in this model (components: {', '.join(spec.components)})")
         self.name = _name(path)
         self.flash_attn = flash_attn
-        _complete_unet_config(self.weights)
         self.unet = UNet(self.weights, n_threads=n_threads, flash_attn=flash_attn)
         self.vae = VAE(self.weights, n_threads=n_threads, flash_attn=flash_attn)
         self.prompt_encoder = PromptEncoder(self.weights, n_threads=n_threads)

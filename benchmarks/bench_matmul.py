@@ -9,7 +9,6 @@ large UNet/CLIP linear layer. Rounds interleave the types so a noisy neighbour h
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -46,7 +45,6 @@ def main():
     for _ in range(a.rounds):
         for t in TYPES:
             results[t].append(flops / c.bench_mul_mat(t, a.M, a.N, a.K, a.iters, a.threads) / 1e9)
-        os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
         results["numpy f32"].append(flops / numpy_seconds(a.M, a.N, a.K, a.iters) / 1e9)
     feats = c.system_info().get("cpu_features", {})
     print(f"ggml {c.ggml_version()} ({c.ggml_commit()}), {a.threads} threads, "

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ModelFormatError
+
 
 @dataclass(frozen=True)
 class RawTensor:
@@ -41,8 +43,6 @@ class RawSource:
 
 def check_no_overlap(path: str, tensors: list[RawTensor]):
     """Two tensors sharing bytes is never legitimate in a weights file; refuse it before any read."""
-    from ..errors import ModelFormatError
-
     spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors if t.nbytes)
     for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
         if begin < end:

@@ -11,6 +11,7 @@ buffer, and the relative L2 error against diffusers on the same weights.
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +49,9 @@ def main():
     ap.add_argument("--types", nargs="+", default=["f32", "f16"])
     ap.add_argument("--budgets", type=float, nargs="+", default=[32, 0], help="max_im2col_mib values (0: off)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flash-attn", type=int, nargs="+", default=[0, 1], choices=[0, 1])
+    ap.add_argument("--f32-min-cols", type=int, nargs="+", default=[-1, 0],
+                    help="f32_matmul_min_cols values (-1: default, 0: stored type)")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "sdcpp-bench-sd-vae")
     args = ap.parse_args()
 
@@ -70,13 +74,15 @@ def main():
         t_enc = time.perf_counter() - t0
     image, mean = image.numpy(), mean.numpy()
     size = f"{args.latent}x{args.latent} latent"
-    print(f"\n{'backend':<22}{'budget MiB':>11}{'decode s':>10}{'encode s':>10}{'buffer MiB':>12}"
+    print(f"\n{'backend':<22}{'flash':>6}{'f32 cols':>9}{'budget MiB':>11}{'decode s':>10}{'encode s':>10}"
+          f"{'buffer MiB':>12}"
           f"{'dec err':>10}{'enc err':>10}   ({size}, {args.threads} threads)")
-    print(f"{'diffusers f32':<22}{'':>11}{t_dec:>10.2f}{t_enc:>10.2f}")
+    print(f"{'diffusers f32':<22}{'':>26}{t_dec:>10.2f}{t_enc:>10.2f}")
     for t in args.types:
         weights = sdcpp.load_weights(args.dir, vae_type=t, progress=False)
-        for budget in args.budgets:
-            vae = VAE(weights, n_threads=args.threads, max_im2col_mib=budget)
+        for budget, flash, cols in itertools.product(args.budgets, args.flash_attn, args.f32_min_cols):
+            vae = VAE(weights, n_threads=args.threads, max_im2col_mib=budget, flash_attn=bool(flash),
+                      f32_matmul_min_cols=cols)
             t0 = time.perf_counter()
             out = vae.decode(z)
             td = time.perf_counter() - t0
@@ -85,7 +91,7 @@ def main():
             enc = vae.encode(image)
             te = time.perf_counter() - t0
             buf = max(buf_dec, vae.compute_buffer_size())
-            print(f"{'sdcpp ' + t:<22}{budget:>11.0f}{td:>10.2f}{te:>10.2f}{buf / 2**20:>12.0f}"
+            print(f"{'sdcpp ' + t:<22}{flash:>6}{cols:>9}{budget:>11.0f}{td:>10.2f}{te:>10.2f}{buf / 2**20:>12.0f}"
                   f"{rel_l2(out, image):>10.1e}{rel_l2(enc, mean):>10.1e}")
 
 

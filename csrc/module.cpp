@@ -1,6 +1,7 @@
 // Python bindings of sdcpp._core. Argument checking happens here or in the helpers, before
 // any ggml call, because ggml reports misuse with GGML_ASSERT (process abort), not errors.
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "pybuffer.hpp"
 #include "types.hpp"
 #include "models/register.hpp"
+#include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
 namespace py = pybind11;
@@ -187,6 +189,18 @@ void bind_weight_store(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "sdcpp native core: ggml type conversion, device info and weight storage";
+    // Out-of-memory while allocating a graph becomes the package's own ResourceError (looked up when raised:
+    // sdcpp.errors is plain Python and always importable by then).
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) {
+                std::rethrow_exception(p);
+            }
+        } catch (const ComputeBufferError& e) {
+            py::object cls = py::module_::import("sdcpp.errors").attr("ResourceError");
+            PyErr_SetString(cls.ptr(), e.what());
+        }
+    });
 
     m.def("ggml_version", [] { return std::string(ggml_version()); });
     m.def("ggml_commit", [] { return std::string(ggml_commit()); });

@@ -168,6 +168,8 @@ std::vector<int64_t> WeightStore::ne(const std::string& name) const {
 
 std::string WeightStore::device() const { return ggml_backend_dev_name(dev_); }
 
+bool WeightStore::is_cpu() const { return ggml_backend_dev_type(dev_) == GGML_BACKEND_DEVICE_TYPE_CPU; }
+
 ggml_tensor* WeightStore::tensor(const std::string& name) const {
     const Decl& d = lookup(name);
     if (!allocated_) {

@@ -38,6 +38,7 @@ public:
     ggml_type type(const std::string& name) const;
     std::vector<int64_t> ne(const std::string& name) const;
     std::string device() const;
+    bool is_cpu() const;
 
     // For graph code that wants to use the tensors directly (after allocate()).
     ggml_tensor* tensor(const std::string& name) const;

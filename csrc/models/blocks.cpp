@@ -28,6 +28,14 @@ ggml_tensor* channel_affine(const Graph& g, ggml_tensor* x, const std::string& p
     return named(ggml_add(g.ctx, x, ggml_reshape_4d(g.ctx, b, 1, 1, C, 1)), "norm.affine");
 }
 
+// The weight as src0 of a product with `cols` activation columns: converted to f32 when the graph asks for it.
+ggml_tensor* matmul_weight(const Graph& g, ggml_tensor* w, int64_t cols) {
+    if (w->type == GGML_TYPE_F32 || g.f32_matmul_min_cols <= 0 || cols < g.f32_matmul_min_cols) {
+        return w;
+    }
+    return named(ggml_cast(g.ctx, w, GGML_TYPE_F32), "weight.to_f32");
+}
+
 ggml_tensor* add_bias(const Graph& g, ggml_tensor* y, const std::string& prefix) {
     const std::string bias = prefix + ".bias";
     return g.has(bias) ? named(ggml_add(g.ctx, y, g.w(bias)), "bias") : y;
@@ -73,6 +81,13 @@ ggml_tensor* conv2d_banded(const Graph& g, ggml_tensor* x, ggml_tensor* w, ggml_
 
 }  // namespace
 
+int64_t resolve_f32_matmul_min_cols(const WeightStore& weights, int64_t requested) {
+    if (requested >= 0) {
+        return requested;
+    }
+    return weights.is_cpu() ? 256 : 0;
+}
+
 int64_t Graph::ne(const std::string& name, int dim) const {
     return runner.weights().tensor(name)->ne[dim];
 }
@@ -83,7 +98,9 @@ ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
         throw std::invalid_argument(prefix + ".weight takes " + std::to_string(w->ne[0]) + " inputs, got " +
                                     std::to_string(x->ne[0]));
     }
-    return add_bias(g, named(ggml_mul_mat(g.ctx, w, contiguous(g.ctx, x)), "linear.matmul"), prefix);
+    x = contiguous(g.ctx, x);
+    w = matmul_weight(g, w, ggml_nelements(x) / x->ne[0]);
+    return add_bias(g, named(ggml_mul_mat(g.ctx, w, x), "linear.matmul"), prefix);
 }
 
 ggml_tensor* to_tokens(ggml_context* ctx, ggml_tensor* x) {
@@ -125,6 +142,7 @@ ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, i
                                     " input is too small for its " + std::to_string(k) + "x" + std::to_string(k) +
                                     " kernel");
     }
+    w = matmul_weight(g, w, OW * OH * N);  // once for all bands
     const double cols_bytes = static_cast<double>(w->ne[0]) * OW * OH * N * sizeof(float);
     if (g.max_im2col_bytes > 0 && cols_bytes > static_cast<double>(g.max_im2col_bytes) && OH > 1) {
         if (ggml_tensor* y = conv2d_banded(g, x, w, shape, prefix, k, stride, pad, OW, OH)) {
@@ -171,13 +189,26 @@ ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml
         return ggml_permute(ctx, ggml_reshape_4d(ctx, contiguous(ctx, t), D, heads, T, N), 0, 2, 1, 3);
     };
     if (g.flash_attn) {
-        // F32 K/V keep the CPU kernel's dot products in f32 (F16 K would round Q to f16 as well).
-        ggml_tensor* kh = named(ggml_cont(ctx, split(k, Tk)), "attn.layout");
-        ggml_tensor* vh = named(ggml_cont(ctx, split(v, Tk)), "attn.layout");
-        ggml_tensor* out = named(ggml_flash_attn_ext(ctx, split(q, Tq), kh, vh, nullptr, scale, 0.0f, 0.0f),
+        // F32 K/V keep the CPU kernel's dot products in f32 (F16 K would round Q to f16 as well). ggml's tiled
+        // CPU kernel needs the head width to be a multiple of the SIMD width (16 floats on AVX-512); zero columns
+        // leave QK^T unchanged and give zero output columns, dropped below. SD1.5's 40-wide heads otherwise take
+        // the one-query-at-a-time kernel: an SD1.5 UNet call at 64x64 latents took 7.3 s instead of 8.3 s.
+        // GPU kernels take the model's own widths.
+        const int64_t Dp = g.runner.weights().is_cpu() ? (D + 15) / 16 * 16 : D;
+        auto padded = [&](ggml_tensor* t, int64_t T) {
+            ggml_tensor* h = split(t, T);
+            return named(Dp == D ? ggml_cont(ctx, h) : ggml_pad(ctx, h, static_cast<int>(Dp - D), 0, 0, 0),
+                         "attn.layout");
+        };
+        ggml_tensor* out = named(ggml_flash_attn_ext(ctx, padded(q, Tq), padded(k, Tk), padded(v, Tk), nullptr,
+                                                     scale, 0.0f, 0.0f),
                                  "attn.flash");
-        ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
-        return ggml_reshape_3d(ctx, out, C, Tq, N);  // result is [D, heads, Tq, N]
+        ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);  // [Dp, heads, Tq, N]
+        if (Dp != D) {
+            out = named(ggml_cont(ctx, ggml_view_4d(ctx, out, D, heads, Tq, N, out->nb[1], out->nb[2], out->nb[3], 0)),
+                        "attn.layout");
+        }
+        return ggml_reshape_3d(ctx, out, C, Tq, N);
     }
     // Zero-padding the head width to a multiple of 16 leaves QK^T unchanged but lets llamafile's f32 sgemm
     // (it needs K % 16 == 0 on AVX-512) take SD1.5's 40-wide heads: QK^T of the SD1.5 UNet at 32x32 went from

@@ -24,6 +24,7 @@ struct UnetConfig {
     int addition_time_embed_dim = 256;  // SDXL: sinusoidal width of each time id
     bool flash_attn = false;
     size_t max_im2col_bytes = size_t(256) << 20;  // larger convs run in bands of output rows (0: never)
+    int64_t f32_matmul_min_cols = -1;             // blocks::Graph::f32_matmul_min_cols; < 0: backend default
 };
 
 // Optional SDXL conditioning: pooled text embeds [N, P] and time ids [N, K] (6 for base, 5 for refiner).

@@ -49,7 +49,8 @@ Nchw predict(Unet& unet, const FloatArray& latents, const FloatArray& timesteps,
 void register_unet(py::module_& m) {
     py::class_<Unet> cls(m, "UNet", "UNet2DConditionModel graph over the unet.* weights of a WeightStore.");
     cls.def(py::init([](WeightStore& store, const std::vector<int>& heads, int groups, float norm_eps,
-                         int addition_time_embed_dim, bool flash_attn, double max_im2col_mib, int n_threads) {
+                         int addition_time_embed_dim, bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols,
+                         int n_threads) {
                  UnetConfig cfg;
                  cfg.heads = heads;
                  cfg.groups = groups;
@@ -57,11 +58,13 @@ void register_unet(py::module_& m) {
                  cfg.addition_time_embed_dim = addition_time_embed_dim;
                  cfg.flash_attn = flash_attn;
                  cfg.max_im2col_bytes = mib_to_bytes(max_im2col_mib);
+                 cfg.f32_matmul_min_cols = f32_matmul_min_cols;
                  return new Unet(store, cfg, n_threads);
              }),
              py::arg("store"), py::arg("heads"), py::arg("groups") = 32, py::arg("norm_eps") = 1e-5f,
              py::arg("addition_time_embed_dim") = 256,
-             py::arg("flash_attn") = false, py::arg("max_im2col_mib") = 256.0, py::arg("n_threads") = 0,
+             py::arg("flash_attn") = false, py::arg("max_im2col_mib") = 256.0,
+             py::arg("f32_matmul_min_cols") = -1, py::arg("n_threads") = 0,
              py::keep_alive<1, 2>())
         .def(
             "predict",

@@ -20,6 +20,7 @@ struct VaeConfig {
     // Larger convs run in bands of output rows (0: never). Measured on an SD VAE decode at 256x256: bands of
     // 8-32 MiB were 24% faster than whole convs (cache-sized columns) and cut the compute buffer by a third.
     size_t max_im2col_bytes = size_t(32) << 20;
+    int64_t f32_matmul_min_cols = -1;  // blocks::Graph::f32_matmul_min_cols; < 0: backend default
 };
 
 class Vae : public GraphModel {

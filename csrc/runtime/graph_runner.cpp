@@ -96,7 +96,9 @@ void GraphRunner::run(const std::vector<ggml_tensor*>& outputs) {
         ggml_build_forward_expand(gf, out);
     }
     if (!ggml_gallocr_alloc_graph(galloc_, gf)) {
-        throw std::runtime_error("GraphRunner: could not allocate the compute buffer");
+        throw ComputeBufferError("could not allocate the compute buffer of a " + std::to_string(ggml_graph_n_nodes(gf)) +
+                                 "-node graph on " + weights_.device() +
+                                 " (out of memory); use a smaller size or batch");
     }
     for (const auto& p : pending_) {
         ggml_backend_tensor_set(p.tensor, p.bytes.data(), 0, p.bytes.size());

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,12 @@
 #include "weight_store.hpp"
 
 namespace sdcpp {
+
+// The backend could not allocate a graph's compute buffer: raised in Python as sdcpp.ResourceError (a MemoryError).
+class ComputeBufferError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
 
 // Usage per forward pass:
 //   ggml_context* ctx = runner.begin();

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import core
-from ._graph import GraphModel
+from ._graph import GraphModel, resolve_flash_attn
 
 # Heads when the weights carry no UNet config: SD1 uses 8 heads everywhere, SD2/SDXL 64-wide heads.
 SD1_HEADS = 8
@@ -63,21 +63,28 @@ def _f32(a, ndim: int, what: str) -> np.ndarray:
 class UNet(GraphModel):
     """The UNet of loaded `Weights` (`sdcpp.load_weights`).
 
-    `n_threads`: 0 = one per physical core. `flash_attn`: ggml_flash_attn_ext instead of mul_mat + soft_max.
-    `max_im2col_mib`: convs whose im2col matrix would be larger run in bands of output rows (0 = never)."""
+    `n_threads`: 0 = one per physical core. `flash_attn`: ggml_flash_attn_ext instead of mul_mat + soft_max
+    (None: on for the CPU).
+    `max_im2col_mib`: convs whose im2col matrix would be larger run in bands of output rows (0 = never).
+    `f32_matmul_min_cols`: products with at least this many activation columns (tokens x batch) convert a
+    non-f32 weight to f32 in the compute buffer and use f32 sgemm (faster on AVX-512 CPUs, and activations are
+    not rounded to 8 bits as in ggml's quantized products); 0 = never, -1 = the backend's default (256 on the
+    CPU, never on GPUs)."""
 
-    def __init__(self, weights, n_threads: int = 0, flash_attn: bool = False, max_im2col_mib: float = 256):
+    def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 256,
+                 f32_matmul_min_cols: int = -1):
         if "unet.conv_in.weight" not in weights:
             raise ValueError("these weights hold no UNet")
         self.weights = weights
         cfg = weights.configs.get("unet") or {}
         self.config = cfg
         self.heads = attention_heads(weights, cfg)
+        self.flash_attn = resolve_flash_attn(weights, flash_attn)
         self._graph = core().UNet(
             weights._store, self.heads, groups=int(cfg.get("norm_num_groups") or 32),
             norm_eps=float(cfg.get("norm_eps") or 1e-5),
-            addition_time_embed_dim=addition_time_embed_dim(weights, cfg), flash_attn=flash_attn,
-            max_im2col_mib=max_im2col_mib, n_threads=n_threads)
+            addition_time_embed_dim=addition_time_embed_dim(weights, cfg), flash_attn=self.flash_attn,
+            max_im2col_mib=max_im2col_mib, f32_matmul_min_cols=f32_matmul_min_cols, n_threads=n_threads)
 
     @property
     def in_channels(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import core
-from ._graph import GraphModel
+from ._graph import GraphModel, resolve_flash_attn
 
 # Latent scaling of each family when the weights carry no VAE config (diffusers' defaults).
 SCALING_FACTORS = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025, "sdxl_refiner": 0.13025}
@@ -22,19 +22,24 @@ class VAE(GraphModel):
     """The VAE of loaded `Weights` (`sdcpp.load_weights`). No scaling factor is applied inside: multiply
     encoder output by `scaling_factor` and divide latents by it before `decode`, as diffusers pipelines do.
 
-    `n_threads`: 0 = one per physical core. `flash_attn`: ggml_flash_attn_ext for the mid-block attention.
+    `n_threads`: 0 = one per physical core. `flash_attn`: ggml_flash_attn_ext for the mid-block attention
+    (None: on for the CPU).
     `max_im2col_mib`: convs whose im2col matrix would be larger run in bands of output rows (0 = never);
-    this bounds the compute buffer of large decodes."""
+    this bounds the compute buffer of large decodes. `f32_matmul_min_cols`: see `UNet`."""
 
-    def __init__(self, weights, n_threads: int = 0, flash_attn: bool = False, max_im2col_mib: float = 32):
+    def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 32,
+                 f32_matmul_min_cols: int = -1):
         if "vae.decoder.conv_in.weight" not in weights:
             raise ValueError("these weights hold no VAE")
         self.weights = weights
         cfg = weights.configs.get("vae") or {}
         self.config = cfg
+        self.flash_attn = resolve_flash_attn(weights, flash_attn)
         self.scaling_factor = float(cfg.get("scaling_factor") or SCALING_FACTORS.get(weights.spec.family, 0.18215))
-        self._graph = core().VAE(weights._store, groups=int(cfg.get("norm_num_groups") or 32), flash_attn=flash_attn,
-                                 max_im2col_mib=max_im2col_mib, n_threads=n_threads)
+        self._graph = core().VAE(weights._store, groups=int(cfg.get("norm_num_groups") or 32),
+                                 flash_attn=self.flash_attn,
+                                 max_im2col_mib=max_im2col_mib, f32_matmul_min_cols=f32_matmul_min_cols,
+                                 n_threads=n_threads)
 
     @property
     def latent_channels(self) -> int:

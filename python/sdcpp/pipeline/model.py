@@ -41,7 +41,7 @@ class Model:
     serialised (one lock per Model)."""
 
     def __init__(self, path, *, device: str = "cpu", n_threads: int = 0, prediction: str | None = None,
-                 flash_attn: bool = False, progress=True, **quant_request):
+                 flash_attn: bool | None = None, progress=True, **quant_request):
         from ..api import load_weights
 
         unknown = set(quant_request) - set(LOAD_OPTIONS)
@@ -54,9 +54,9 @@ class Model:
         if not spec.family:
             raise ValueError(f"{path}: no UNet in this model (components: {', '.join(spec.components)})")
         self.name = _name(path)
-        self.flash_attn = flash_attn
         self.unet = UNet(self.weights, n_threads=n_threads, flash_attn=flash_attn)
         self.vae = VAE(self.weights, n_threads=n_threads, flash_attn=flash_attn)
+        self.flash_attn = self.unet.flash_attn
         self.prompt_encoder = PromptEncoder(self.weights, n_threads=n_threads)
         self.vae_factor = vae_scale_factor(self.weights)
         self.train = TrainSchedule.sd()

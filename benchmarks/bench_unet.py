@@ -1,18 +1,20 @@
 """One SD1.5-sized UNet evaluation: sdcpp (f16, q8_0 weights) next to diffusers f32, on this machine.
 
-    python benchmarks/bench_unet.py [--sizes 32 64] [--types f16 q8_0] [--rounds 3] [--threads 2] [--profile]
+    python benchmarks/bench_unet.py [--sizes 32 64] [--types f16 q8_0] [--batch 2] [--rounds 3] [--threads 2]
+                                    [--flash-attn 1] [--f32-min-cols -1] [--profile]
 
 Builds a random-weight UNet2DConditionModel with the SD1.5 architecture (320/640/1280/1280 channels,
 cross-attention 768, 8 heads), saves it once as an f16 diffusers folder (~1.7 GB, reused from --dir), loads it
-with sdcpp at each --types and times one evaluation per latent size at batch 1. diffusers runs f32 at batch 2
-(what classifier-free guidance evaluates per step). Rounds interleave the backends so a noisy neighbour hurts
-them alike; the table shows the best and median round and GFLOP/s from the best, counting 172 GFLOP (32x32)
-and 677 GFLOP (64x64) per batch-1 evaluation. --profile adds a per-op split of one sdcpp run per type.
+with sdcpp at each --types and times one evaluation per latent size. Both run --batch rows (default 2: what
+classifier-free guidance evaluates per step); diffusers runs f32. Rounds interleave the backends so a noisy
+neighbour hurts them alike; the table shows the best and median round and GFLOP/s from the best, counting
+172 GFLOP (32x32) and 677 GFLOP (64x64) per image. --profile adds a per-op split of one run per sdcpp row.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -85,7 +87,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "sdcpp-bench-sd15-unet")
     ap.add_argument("--no-torch", action="store_true", help="skip the diffusers f32 baseline")
-    ap.add_argument("--flash-attn", action="store_true", help="sdcpp: ggml_flash_attn_ext attention")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--flash-attn", type=int, nargs="+", default=[1], choices=[0, 1],
+                    help="sdcpp: ggml_flash_attn_ext attention (1, the CPU default) or mul_mat + soft_max (0)")
+    ap.add_argument("--f32-min-cols", type=int, nargs="+", default=[-1],
+                    help="sdcpp f32_matmul_min_cols values (-1: default, 0: stored types only)")
     ap.add_argument("--profile", action="store_true", help="per-op split of one sdcpp run per type")
     args = ap.parse_args()
 
@@ -98,9 +104,11 @@ def main():
     for t in args.types:
         t0 = time.perf_counter()
         weights = sdcpp.load_weights(args.dir, unet_type=t, n_threads=args.threads, progress=False)
-        unet = UNet(weights, n_threads=args.threads, flash_attn=args.flash_attn)
         print(f"sdcpp {t}: loaded {weights.nbytes / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s", flush=True)
-        runners[f"sdcpp {t}"] = ((lambda u: lambda size: u.predict(**inputs(size, 1)))(unet), 1, unet)
+        for flash, cols in itertools.product(args.flash_attn, args.f32_min_cols):
+            unet = UNet(weights, n_threads=args.threads, flash_attn=bool(flash), f32_matmul_min_cols=cols)
+            label = f"sdcpp {t}" + ("" if flash else " noflash") + ("" if cols == -1 else f" cols{cols}")
+            runners[label] = ((lambda u: lambda size: u.predict(**inputs(size, args.batch)))(unet), args.batch, unet)
     if not args.no_torch:
         import torch
         from diffusers import UNet2DConditionModel
@@ -109,11 +117,11 @@ def main():
         ref = UNet2DConditionModel.from_pretrained(args.dir, subfolder="unet", torch_dtype=torch.float32).eval()
 
         def run_torch(size):
-            t = {k: torch.from_numpy(v) for k, v in inputs(size, 2).items()}
+            t = {k: torch.from_numpy(v) for k, v in inputs(size, args.batch).items()}
             with torch.no_grad():
                 return ref(t["latents"], t["timesteps"], t["context"]).sample
 
-        runners["diffusers f32"] = (run_torch, 2, None)
+        runners["diffusers f32"] = (run_torch, args.batch, None)
 
     outputs = {}
     for label, (fn, _, _) in runners.items():  # warm-up: allocations, first-touch of buffers, torch init
@@ -122,10 +130,11 @@ def main():
     if "diffusers f32" in runners:  # the same random model through both: a full-size parity check
         for size in args.sizes:
             expected = outputs[("diffusers f32", size)]
-            for t in args.types:
-                out = outputs[(f"sdcpp {t}", size)]
-                err = np.linalg.norm(out - expected) / np.linalg.norm(expected)
-                print(f"sdcpp {t} {size}x{size}: relative L2 error vs diffusers f32 (f16-rounded weights) {err:.2e}")
+            for label in runners:
+                if label.startswith("sdcpp"):
+                    out = outputs[(label, size)]
+                    err = np.linalg.norm(out - expected) / np.linalg.norm(expected)
+                    print(f"{label} {size}x{size}: relative L2 error vs diffusers f32 (f16-rounded weights) {err:.2e}")
     times = defaultdict(list)
     for r in range(args.rounds):
         for size in args.sizes:
@@ -138,13 +147,13 @@ def main():
 
     info = core().system_info()
     feats = ",".join(k for k, v in info["cpu_features"].items() if v == "1")
-    print(f"\nggml {core().ggml_version()} ({feats}); {args.threads} threads; flash_attn={args.flash_attn}")
-    print(f"{'backend':<16}{'latent':>8}{'batch':>7}{'best s':>9}{'median s':>10}{'GFLOP/s':>9}{'s/image':>9}")
+    print(f"\nggml {core().ggml_version()} ({feats}); {args.threads} threads")
+    print(f"{'backend':<26}{'latent':>8}{'batch':>7}{'best s':>9}{'median s':>10}{'GFLOP/s':>9}{'s/image':>9}")
     for size in args.sizes:
         for label, (_, batch, _) in runners.items():
             ts = times[(label, size)]
             best = min(ts)
-            print(f"{label:<16}{f'{size}x{size}':>8}{batch:>7}{best:>9.2f}{statistics.median(ts):>10.2f}"
+            print(f"{label:<26}{f'{size}x{size}':>8}{batch:>7}{best:>9.2f}{statistics.median(ts):>10.2f}"
                   f"{batch * GFLOP[size] / best:>9.0f}{best / batch:>9.2f}")
 
     if args.profile:

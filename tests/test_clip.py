@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import sdcpp
+from parity import with_ggml_activation_rounding
 from sdcpp.errors import UnsupportedModelError
 from sdcpp.models.clip import TextEncoder
 
@@ -129,54 +130,15 @@ def test_f32_parity(cache, family, component, flash):
         assert np.array_equal(deq[k], ref[k]), k
 
 
-# ggml's CPU mul_mat converts the activations (src1) to the weight's vec_dot type before the dot products:
-# f16/bf16 rows, or blocks of 8-bit ints with one scale (q8_0: 32 values, f16 scale; q8_K: 256 values, f32
-# scale). On these tiny random models that rounding alone moves the outputs by ~1e-2 (relative L2), as much as
-# the weights' own quantization for q8_0, so the reference that isolates graph errors runs the dequantized
-# weights *and* rounds each Linear's input the way ggml does.
-def _round_half_even(x):
-    return np.rint(x)
-
-
-def _act_q8_0(x):
-    b = x.reshape(-1, 32)
-    amax = np.abs(b).max(axis=1, keepdims=True)
-    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)  # stored as f16
-    with np.errstate(divide="ignore"):
-        inv = np.where(amax != 0, np.float32(127) / amax, 0).astype(np.float32)
-    return (_round_half_even(b * inv) * d).reshape(x.shape)
-
-
-def _act_q8_k(x):
-    b = x.reshape(-1, 256)
-    peak = b[np.arange(len(b)), np.abs(b).argmax(axis=1)][:, None]  # signed value of largest magnitude
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(peak != 0, np.float32(-127) / peak, 0).astype(np.float32)
-        d = np.where(peak != 0, np.float32(1) / inv, 0).astype(np.float32)
-    return (np.minimum(_round_half_even(inv * b), 127) * d).reshape(x.shape)
-
-
-def _act_bf16(x):
-    u = np.ascontiguousarray(x).view(np.uint32)
-    return (((u + (0x7FFF + ((u >> 16) & 1))) >> 16) << 16).astype(np.uint32).view(np.float32)
-
-
-_VEC_DOT_ROUNDING = {
-    "f32": None, "f16": lambda x: x.astype(np.float16).astype(np.float32), "bf16": _act_bf16,
-    "q8_0": _act_q8_0, "q4_0": _act_q8_0, "q5_0": _act_q8_0,
-    "q2_K": _act_q8_k, "q3_K": _act_q8_k, "q4_K": _act_q8_k, "q5_K": _act_q8_k, "q6_K": _act_q8_k,
-}
-
-
 def _with_ggml_activation_rounding(model, weights, component):
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            canonical = name if name.startswith("text_model.") or name == "text_projection" else f"text_model.{name}"
-            rounding = _VEC_DOT_ROUNDING[weights.info(f"{component}.{canonical}.weight")["type"]]
-            if rounding is not None:
-                module.register_forward_pre_hook(
-                    lambda _m, args, f=rounding: (torch.from_numpy(f(args[0].numpy().astype(np.float32))).double(),))
-    return model
+    """The reference rounding each Linear's input as ggml's mul_mat does for that layer's stored weight type
+    (tests/parity.py). Module names lack the `text_model.` level our canonical names keep (transformers 5.x)."""
+    def weight_name(module):
+        canonical = module if module.startswith("text_model.") or module == "text_projection" \
+            else f"text_model.{module}"
+        return f"{component}.{canonical}.weight"
+
+    return with_ggml_activation_rounding(model, weights, weight_name)
 
 
 @pytest.mark.parametrize("te_type", QUANT_TYPES)

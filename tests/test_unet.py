@@ -116,11 +116,25 @@ def test_odd_and_non_square_sizes(fixtures_dir, reference, family, size):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_flash_attention_path(fixtures_dir, reference, family):
+def test_mul_mat_attention_path(fixtures_dir, reference, family):
+    """flash_attn=False: QK^T, soft_max and the product with V as separate ops (the CPU default is the fused
+    kernel, whose head width is zero-padded to 16: these tiny heads are 4 and 8 wide, so both paths are covered)."""
     weights = sdcpp.load_weights(fixtures_dir / family / "diffusers", progress=False)
-    unet = UNet(weights, n_threads=THREADS, flash_attn=True)
+    assert UNet(weights, n_threads=THREADS).flash_attn  # the default on the CPU
+    unet = UNet(weights, n_threads=THREADS, flash_attn=False)
     inputs = make_inputs(family, reference(family))
     assert rel_l2(unet.predict(**inputs), run_reference(reference(family), inputs)) <= F32_MAX_ERR
+
+
+def test_default_f32_products_start_at_256_columns(fixtures_dir, reference):
+    """On the CPU, f32_matmul_min_cols=-1 means 256: at 16x16 latents x batch 2 the first level's products have
+    512 columns (converted to f32), the deeper ones 128 or fewer (stored type)."""
+    weights = sdcpp.load_weights(fixtures_dir / "sd1" / "diffusers", unet_type="q8_0", progress=False)
+    inputs = make_inputs("sd1", reference("sd1"), size=(16, 16))
+    out = {cols: UNet(weights, n_threads=THREADS, f32_matmul_min_cols=cols).predict(**inputs)
+           for cols in (-1, 256, 0, 1)}
+    assert np.array_equal(out[-1], out[256])
+    assert not np.array_equal(out[256], out[0]) and not np.array_equal(out[256], out[1])
 
 
 def test_convs_in_bands_match(fixtures_dir, reference):

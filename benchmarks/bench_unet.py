@@ -92,6 +92,8 @@ def main():
                     help="sdcpp: ggml_flash_attn_ext attention (1, the CPU default) or mul_mat + soft_max (0)")
     ap.add_argument("--f32-min-cols", type=int, nargs="+", default=[-1],
                     help="sdcpp f32_matmul_min_cols values (-1: default, 0: stored types only)")
+    ap.add_argument("--blas", type=int, nargs="+", default=[1], choices=[0, 1],
+                    help="wide f32 products on OpenBLAS (1, when scipy-openblas32 is installed) or ggml (0)")
     ap.add_argument("--profile", action="store_true", help="per-op split of one sdcpp run per type")
     args = ap.parse_args()
 
@@ -105,10 +107,16 @@ def main():
         t0 = time.perf_counter()
         weights = sdcpp.load_weights(args.dir, unet_type=t, n_threads=args.threads, progress=False)
         print(f"sdcpp {t}: loaded {weights.nbytes / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s", flush=True)
-        for flash, cols in itertools.product(args.flash_attn, args.f32_min_cols):
+        for flash, cols, blas in itertools.product(args.flash_attn, args.f32_min_cols, args.blas):
             unet = UNet(weights, n_threads=args.threads, flash_attn=bool(flash), f32_matmul_min_cols=cols)
-            label = f"sdcpp {t}" + ("" if flash else " noflash") + ("" if cols == -1 else f" cols{cols}")
-            runners[label] = ((lambda u: lambda size: u.predict(**inputs(size, args.batch)))(unet), args.batch, unet)
+            label = (f"sdcpp {t}" + ("" if flash else " noflash") + ("" if cols == -1 else f" cols{cols}")
+                     + ("" if blas else " noblas"))
+
+            def run(size, u=unet, blas=blas):
+                core().set_blas_enabled(bool(blas))  # the graph is rebuilt per call, so this takes effect now
+                return u.predict(**inputs(size, args.batch))
+
+            runners[label] = (run, args.batch, unet)
     if not args.no_torch:
         import torch
         from diffusers import UNet2DConditionModel
@@ -147,7 +155,8 @@ def main():
 
     info = core().system_info()
     feats = ",".join(k for k, v in info["cpu_features"].items() if v == "1")
-    print(f"\nggml {core().ggml_version()} ({feats}); {args.threads} threads")
+    blas = core().blas_library() or "none (install scipy-openblas32)"
+    print(f"\nggml {core().ggml_version()} ({feats}); {args.threads} threads; OpenBLAS: {blas}")
     print(f"{'backend':<26}{'latent':>8}{'batch':>7}{'best s':>9}{'median s':>10}{'GFLOP/s':>9}{'s/image':>9}")
     for size in args.sizes:
         for label, (_, batch, _) in runners.items():

@@ -17,6 +17,7 @@
 #include "pybuffer.hpp"
 #include "types.hpp"
 #include "models/register.hpp"
+#include "runtime/blas.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
@@ -217,6 +218,11 @@ PYBIND11_MODULE(_core, m) {
     m.def("bench_mul_mat", &py_bench, py::arg("type"), py::arg("M"), py::arg("N"), py::arg("K"),
           py::arg("iters") = 10, py::arg("n_threads") = 2, py::arg("repack") = false,
           "Best wall time (s) of a (M x K weight) x (K x N f32) mul_mat on the CPU backend.");
+    m.def("blas_load", &blas::load, py::arg("path"),
+          "Open an OpenBLAS (scipy-openblas32) for wide f32 products; False when it cannot be used.");
+    m.def("blas_library", &blas::library, "Path of the OpenBLAS in use, or '' when products stay on ggml.");
+    m.def("set_blas_enabled", &blas::set_enabled, py::arg("on"), "Route wide f32 products to OpenBLAS (default on).");
+    m.def("blas_enabled", &blas::enabled);
     bind_weight_store(m);
 
     register_models(m);  // graph bindings live next to each model (csrc/models/)

@@ -126,6 +126,32 @@ def test_mul_mat_attention_path(fixtures_dir, reference, family):
     assert rel_l2(unet.predict(**inputs), run_reference(reference(family), inputs)) <= F32_MAX_ERR
 
 
+def test_wide_products_run_on_openblas_and_match_ggml(fixtures_dir, reference):
+    """scipy-openblas32 is a dependency: the core must have loaded it, and wide f32 products (a custom op) must
+    agree with ggml's own f32 mul_mat. Every product is made wide (f32_matmul_min_cols=1): with f16 products in
+    between, summation-order differences of 1e-7 flip f16 roundings of later activations and the tiny random
+    model amplifies those to ~3e-4 (measured), which would hide what this test is about."""
+    from sdcpp._native import core
+
+    assert core().blas_library().endswith(".so") and core().blas_enabled()
+    weights = sdcpp.load_weights(fixtures_dir / "sd1" / "diffusers", unet_type="f16", progress=False)
+    unet = UNet(weights, n_threads=2, f32_matmul_min_cols=1)
+    inputs = make_inputs("sd1", reference("sd1"))
+    ops, out = {}, {}
+    try:
+        for on in (True, False):
+            core().set_blas_enabled(on)
+            unet.set_profiling(True)
+            out[on] = unet.predict(**inputs)
+            unet.set_profiling(False)
+            ops[on] = {op for op, *_ in unet.last_profile()}
+    finally:
+        core().set_blas_enabled(True)
+        unet.set_profiling(False)
+    assert "CUSTOM" in ops[True] and "CUSTOM" not in ops[False]
+    assert rel_l2(out[True], out[False]) <= 1e-5
+
+
 def test_default_f32_products_start_at_256_columns(fixtures_dir, reference):
     """On the CPU, f32_matmul_min_cols=-1 means 256: at 16x16 latents x batch 2 the first level's products have
     512 columns (converted to f32), the deeper ones 128 or fewer (stored type)."""

@@ -6,6 +6,8 @@
 #include <limits>
 #include <stdexcept>
 
+#include "runtime/blas.hpp"
+
 namespace sdcpp::blocks {
 
 namespace {
@@ -36,6 +38,18 @@ ggml_tensor* matmul_weight(const Graph& g, ggml_tensor* w, int64_t cols) {
     return named(ggml_cast(g.ctx, w, GGML_TYPE_F32), "weight.to_f32");
 }
 
+// w x for a weight from matmul_weight(): wide f32 products go to OpenBLAS's sgemm when it is loaded (CPU only),
+// the rest to ggml_mul_mat.
+ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const char* name) {
+    const int64_t cols = ggml_nelements(x) / x->ne[0];
+    const bool wide = g.f32_matmul_min_cols > 0 && cols >= g.f32_matmul_min_cols;
+    if (wide && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) && ggml_is_contiguous(x) && blas::enabled() &&
+        g.runner.weights().is_cpu()) {
+        return named(blas::mul_mat(g.ctx, w, x), name);
+    }
+    return named(ggml_mul_mat(g.ctx, w, x), name);
+}
+
 ggml_tensor* add_bias(const Graph& g, ggml_tensor* y, const std::string& prefix) {
     const std::string bias = prefix + ".bias";
     return g.has(bias) ? named(ggml_add(g.ctx, y, g.w(bias)), "bias") : y;
@@ -52,7 +66,7 @@ ggml_tensor* conv_band(const Graph& g, ggml_tensor* xp, ggml_tensor* w, ggml_ten
                               "conv.im2col");
     const int64_t K = cols->ne[0], OW = cols->ne[1], N = cols->ne[3];
     cols = ggml_reshape_2d(g.ctx, cols, K, OW * rows * N);
-    ggml_tensor* y = named(ggml_mul_mat(g.ctx, w, cols), "conv.matmul");
+    ggml_tensor* y = product(g, w, cols, "conv.matmul");
     y = ggml_reshape_4d(g.ctx, add_bias(g, y, prefix), w->ne[1], OW, rows, N);
     return named(ggml_cont(g.ctx, ggml_permute(g.ctx, y, 2, 0, 1, 3)), "conv.layout");
 }
@@ -100,7 +114,7 @@ ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
     }
     x = contiguous(g.ctx, x);
     w = matmul_weight(g, w, ggml_nelements(x) / x->ne[0]);
-    return add_bias(g, named(ggml_mul_mat(g.ctx, w, x), "linear.matmul"), prefix);
+    return add_bias(g, product(g, w, x, "linear.matmul"), prefix);
 }
 
 ggml_tensor* to_tokens(ggml_context* ctx, ggml_tensor* x) {
@@ -153,7 +167,7 @@ ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, i
                                     GGML_TYPE_F32);  // [C*k*k, OW, OH, N]
     named(cols, "conv.im2col");
     cols = ggml_reshape_2d(g.ctx, cols, cols->ne[0], OW * OH * N);
-    ggml_tensor* y = add_bias(g, named(ggml_mul_mat(g.ctx, w, cols), "conv.matmul"), prefix);  // [OC, OW*OH*N]
+    ggml_tensor* y = add_bias(g, product(g, w, cols, "conv.matmul"), prefix);  // [OC, OW*OH*N]
     // Back to [OW, OH, OC, N]: the transpose copies once per conv (measured small next to the matmul).
     y = ggml_reshape_3d(g.ctx, y, OC, OW * OH, N);
     y = named(ggml_cont(g.ctx, ggml_transpose(g.ctx, y)), "conv.layout");

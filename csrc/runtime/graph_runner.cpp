@@ -133,7 +133,8 @@ void GraphRunner::compute_profiled(ggml_cgraph* gf) {
             throw std::runtime_error("GraphRunner: graph computation failed");
         }
         double flops = 0.0;
-        if (node->op == GGML_OP_MUL_MAT) {
+        // MUL_MAT, or the custom op of runtime/blas.hpp (src0 the weight): K x elements of the result.
+        if (node->op == GGML_OP_MUL_MAT || (node->op == GGML_OP_CUSTOM && node->src[1] != nullptr)) {
             flops = 2.0 * static_cast<double>(node->src[0]->ne[0]) * static_cast<double>(ggml_nelements(node));
         } else if (node->op == GGML_OP_FLASH_ATTN_EXT) {  // q [D, Tq, H, N], k [D, Tk, ...]: QK^T and PV
             flops = 4.0 * static_cast<double>(ggml_nelements(node->src[0])) * static_cast<double>(node->src[1]->ne[1]);

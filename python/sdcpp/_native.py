@@ -71,9 +71,28 @@ def _preload_ggml() -> None:
             return
 
 
+def _load_blas(module: ModuleType) -> None:
+    """Hand the scipy-openblas32 library to the core for wide f32 products (csrc/runtime/blas.hpp). Optional:
+    without it (or with SDCPP_NO_BLAS=1) every product stays on ggml's kernels."""
+    if os.environ.get("SDCPP_NO_BLAS") or not hasattr(module, "blas_load"):
+        return
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return
+    path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+    module.blas_load(path)
+
+
 @functools.cache
 def core() -> ModuleType:
     """Return the ``sdcpp._core`` extension module, loading ggml first."""
+    module = _load_core()
+    _load_blas(module)
+    return module
+
+
+def _load_core() -> ModuleType:
     if sys.platform.startswith("linux"):
         _preload_ggml()
     try:

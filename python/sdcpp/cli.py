@@ -144,8 +144,8 @@ def main(argv=None) -> int:
             from ._native import core
 
             c = core()
-            print(json.dumps(dict(ggml_version=c.ggml_version(), ggml_commit=c.ggml_commit(), **c.system_info()),
-                             indent=1))
+            print(json.dumps(dict(ggml_version=c.ggml_version(), ggml_commit=c.ggml_commit(),
+                                  openblas=c.blas_library() or None, **c.system_info()), indent=1))
         elif a.command == "tiny-model":
             from .tiny import write_tiny_model
 

@@ -1,0 +1,27 @@
+// Optional f32 GEMM from an OpenBLAS loaded at run time (the scipy-openblas32 wheel, a package dependency).
+//
+// Why: on the AVX-512 CPUs we measured, ggml's own f32/f16/q8_0 kernels reach 70-260 GFLOP/s on the UNet's product
+// shapes while OpenBLAS's sgemm holds 280-320 on all of them (2 threads; benchmarks/bench_matmul.py --shapes unet).
+// The library is opened with dlopen, not linked, so a build or an install without it still works: products then
+// stay on ggml's mul_mat. Its symbols carry the wheel's "scipy_" prefix, so it cannot clash with numpy's copy.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <ggml.h>
+
+namespace sdcpp::blas {
+
+// Opens the library and resolves sgemm; returns false (and stays unavailable) when either fails.
+bool load(const std::string& path);
+// The library in use ("" when none); products use it only while enabled (on by default once loaded).
+std::string library();
+void set_enabled(bool on);
+bool enabled();
+
+// dst = w x as ggml_mul_mat(w, x) computes it, for f32 w [K, M] and f32 x [K, R...] (both contiguous): a custom
+// op whose rows of the result are split across ggml's threads, each calling a single-threaded sgemm.
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x);
+
+}  // namespace sdcpp::blas

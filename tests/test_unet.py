@@ -152,6 +152,32 @@ def test_wide_products_run_on_openblas_and_match_ggml(fixtures_dir, reference):
     assert rel_l2(out[True], out[False]) <= 1e-5
 
 
+def test_openblas_products_from_two_threads(fixtures_dir, reference):
+    """Two UNets computing at once call OpenBLAS from four ggml threads: each result equals its solo run."""
+    import threading
+
+    jobs = []
+    for family in ("sd1", "sdxl"):
+        weights = sdcpp.load_weights(fixtures_dir / family / "diffusers", unet_type="q8_0", progress=False)
+        unet = UNet(weights, n_threads=2, f32_matmul_min_cols=1)
+        inputs = make_inputs(family, reference(family))
+        jobs.append((unet, inputs, unet.predict(**inputs)))
+    results = {i: [] for i in range(len(jobs))}
+
+    def work(i):
+        unet, inputs, _ = jobs[i]
+        for _ in range(2):
+            results[i].append(unet.predict(**inputs))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (_, _, solo) in enumerate(jobs):
+        assert len(results[i]) == 2 and all(np.array_equal(r, solo) for r in results[i])
+
+
 def test_default_f32_products_start_at_256_columns(fixtures_dir, reference):
     """On the CPU, f32_matmul_min_cols=-1 means 256: at 16x16 latents x batch 2 the first level's products have
     512 columns (converted to f32), the deeper ones 128 or fewer (stored type)."""

@@ -1,6 +1,8 @@
 #include "runtime/blas.hpp"
 
+#ifndef _WIN32
 #include <dlfcn.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -45,6 +47,10 @@ bool load(const std::string& path) {
     if (sgemm.load() != nullptr) {
         return true;
     }
+#ifdef _WIN32
+    (void)path;
+    return false;  // not wired up for Windows (LoadLibrary); products stay on ggml there
+#else
     void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (lib == nullptr) {
         return false;
@@ -59,6 +65,7 @@ bool load(const std::string& path) {
     loaded_path = path;
     sgemm.store(fn);
     return true;
+#endif
 }
 
 std::string library() {

@@ -181,3 +181,15 @@ def dequantized_copy(model, weights, prefix: str):
     out.load_state_dict({n[len(prefix):]: torch.from_numpy(weights.numpy(n)) for n in weights.names()
                          if n.startswith(prefix)}, strict=True)
     return out
+
+
+@contextlib.contextmanager
+def ggml_kernels_only():
+    """Products and attention on ggml's own kernels, as without OpenBLAS (sdcpp.models use it when loaded)."""
+    from sdcpp._native import core
+
+    core().set_blas_enabled(False)
+    try:
+        yield
+    finally:
+        core().set_blas_enabled(True)

@@ -18,6 +18,7 @@ from parity import (
     dequantized_copy,
     dequantized_weights,
     ggml_activation_rounding,
+    ggml_kernels_only,
     rel_l2,
     with_ggml_activation_rounding,
 )
@@ -115,15 +116,18 @@ def test_odd_and_non_square_sizes(fixtures_dir, reference, family, size):
     assert rel_l2(unet.predict(**inputs), run_reference(reference(family), inputs)) <= F32_MAX_ERR
 
 
+@pytest.mark.parametrize("flash_attn", [False, True])
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_mul_mat_attention_path(fixtures_dir, reference, family):
-    """flash_attn=False: QK^T, soft_max and the product with V as separate ops (the CPU default is the fused
-    kernel, whose head width is zero-padded to 16: these tiny heads are 4 and 8 wide, so both paths are covered)."""
+def test_ggml_attention_paths(fixtures_dir, reference, family, flash_attn):
+    """Without OpenBLAS attention is ggml's: the fused kernel (flash_attn, the CPU default; head width zero-padded
+    to 16, and these tiny heads are 4 and 8 wide) or QK^T, soft_max and the product with V as separate ops."""
     weights = sdcpp.load_weights(fixtures_dir / family / "diffusers", progress=False)
     assert UNet(weights, n_threads=THREADS).flash_attn  # the default on the CPU
-    unet = UNet(weights, n_threads=THREADS, flash_attn=False)
+    unet = UNet(weights, n_threads=THREADS, flash_attn=flash_attn)
     inputs = make_inputs(family, reference(family))
-    assert rel_l2(unet.predict(**inputs), run_reference(reference(family), inputs)) <= F32_MAX_ERR
+    with ggml_kernels_only():
+        out = unet.predict(**inputs)
+    assert rel_l2(out, run_reference(reference(family), inputs)) <= F32_MAX_ERR
 
 
 def test_wide_products_run_on_openblas_and_match_ggml(fixtures_dir, reference):

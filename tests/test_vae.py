@@ -7,6 +7,7 @@ and without ggml's rounding of the activations).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
@@ -18,6 +19,7 @@ from parity import (
     dequantized_copy,
     dequantized_weights,
     ggml_activation_rounding,
+    ggml_kernels_only,
     rel_l2,
     with_ggml_activation_rounding,
 )
@@ -95,12 +97,13 @@ def check_all(vae, ref, max_err, label=""):
     return errs
 
 
-@pytest.mark.parametrize("flash_attn", [False, True])
+@pytest.mark.parametrize("attention", ["openblas", "ggml_mul_mat", "ggml_flash"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_f32_matches_diffusers(fixtures_dir, reference, family, flash_attn):
+def test_f32_matches_diffusers(fixtures_dir, reference, family, attention):
     weights = sdcpp.load_weights(fixtures_dir / family / "diffusers", progress=False)
-    vae = VAE(weights, n_threads=THREADS, flash_attn=flash_attn)
-    check_all(vae, reference(family), F32_MAX_ERR)
+    vae = VAE(weights, n_threads=THREADS, flash_attn=attention == "ggml_flash")
+    with contextlib.nullcontext() if attention == "openblas" else ggml_kernels_only():
+        check_all(vae, reference(family), F32_MAX_ERR)
     assert vae.used_weights() == vae_names(weights)
 
 

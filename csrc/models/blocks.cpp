@@ -198,6 +198,12 @@ ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml
     }
     const int64_t D = C / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    if (blas::enabled() && g.runner.weights().is_cpu() && q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 &&
+        v->type == GGML_TYPE_F32) {
+        return named(blas::attention(ctx, contiguous(ctx, q), contiguous(ctx, k), contiguous(ctx, v),
+                                     static_cast<int>(heads)),
+                     "attn.blas");
+    }
     // [C, T, N] -> [D, T, heads, N]
     auto split = [&](ggml_tensor* t, int64_t T) {
         return ggml_permute(ctx, ggml_reshape_4d(ctx, contiguous(ctx, t), D, heads, T, N), 0, 2, 1, 3);

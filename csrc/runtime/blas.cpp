@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdint>
 #include <mutex>
+#include <vector>
 
 namespace sdcpp::blas {
 
@@ -22,6 +25,107 @@ std::mutex load_mutex;
 std::atomic<sgemm_fn> sgemm{nullptr};
 std::atomic<bool> use{true};
 std::string loaded_path;
+
+// Softmax numerators of one row of scores, in place: exp(s - max(s)); returns their sum. Written as loops the
+// compiler vectorizes (CMakeLists gives this file -fno-math-errno -fno-trapping-math -ffinite-math-only; one clone
+// per SIMD width): exp(x) = 2^n e^r with x = n ln2 + r, |r| <= ln2/2, e^r from Cephes' expf polynomial (~1 ulp),
+// 2^n through the exponent bits. Scores more than 87 below the row maximum (weights under 2^-125, next to a row
+// sum of at least 1) are clamped there.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+float softmax_numerators(float* s, int64_t n) {
+    float peak[16];
+    for (float& p : peak) {
+        p = -3.0e38f;
+    }
+    const int64_t whole = n & ~int64_t(15);
+    for (int64_t i = 0; i < whole; i += 16) {
+        for (int j = 0; j < 16; j++) {
+            peak[j] = s[i + j] > peak[j] ? s[i + j] : peak[j];
+        }
+    }
+    float max = -3.0e38f;
+    for (int64_t i = whole; i < n; i++) {
+        max = s[i] > max ? s[i] : max;
+    }
+    for (float p : peak) {
+        max = p > max ? p : max;
+    }
+    constexpr float log2e = 1.44269504088896341f, c1 = 0.693359375f, c2 = -2.12194440e-4f;
+    float acc[16] = {};
+    for (int64_t i = 0; i < whole; i += 16) {
+        for (int j = 0; j < 16; j++) {
+            float x = s[i + j] - max;
+            x = x > -87.0f ? x : -87.0f;
+            const float fn = __builtin_floorf(x * log2e + 0.5f);
+            const float r = x - fn * c1 - fn * c2;
+            float p = 1.9875691500e-4f;
+            p = p * r + 1.3981999507e-3f;
+            p = p * r + 8.3334519073e-3f;
+            p = p * r + 4.1665795894e-2f;
+            p = p * r + 1.6666665459e-1f;
+            p = p * r + 5.0000001201e-1f;
+            p = p * r * r + r + 1.0f;
+            const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
+            float two_n;
+            __builtin_memcpy(&two_n, &bits, sizeof(two_n));
+            s[i + j] = p * two_n;
+            acc[j] += s[i + j];
+        }
+    }
+    float sum = 0.0f;
+    for (int64_t i = whole; i < n; i++) {
+        s[i] = std::exp(s[i] - max);
+        sum += s[i];
+    }
+    for (float a : acc) {
+        sum += a;
+    }
+    return sum;
+}
+
+// Query rows per block: the block's scores (rows x Tk floats) within ~1 MiB, half this CPU's L2.
+int64_t query_block(int64_t Tq, int64_t Tk) {
+    const int64_t rows = std::max<int64_t>(16, (int64_t(1) << 18) / std::max<int64_t>(Tk, 1)) & ~int64_t(15);
+    return std::min<int64_t>(Tq, std::min<int64_t>(rows, 512));
+}
+
+void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
+    const ggml_tensor* q = dst->src[0];
+    const ggml_tensor* k = dst->src[1];
+    const ggml_tensor* v = dst->src[2];
+    const int64_t heads = reinterpret_cast<intptr_t>(userdata);
+    const int64_t C = q->ne[0], Tq = q->ne[1], Tk = k->ne[1], N = q->ne[2], D = C / heads;
+    const int64_t rows = query_block(Tq, Tk), blocks = (Tq + rows - 1) / rows;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    thread_local std::vector<float> scores;
+    scores.resize(static_cast<size_t>(rows * Tk));
+    const sgemm_fn gemm = sgemm.load();
+    for (int64_t task = ith; task < N * heads * blocks; task += nth) {
+        const int64_t n = task / (heads * blocks), h = task / blocks % heads, q0 = task % blocks * rows;
+        const int64_t m = std::min(rows, Tq - q0);
+        const float* qp = static_cast<const float*>(q->data) + (n * Tq + q0) * C + h * D;
+        const float* kp = static_cast<const float*>(k->data) + n * Tk * C + h * D;
+        const float* vp = static_cast<const float*>(v->data) + n * Tk * C + h * D;
+        float* op = static_cast<float*>(dst->data) + (n * Tq + q0) * C + h * D;
+        gemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(Tk), static_cast<int>(D), scale, qp,
+             static_cast<int>(C), kp, static_cast<int>(C), 0.0f, scores.data(), static_cast<int>(Tk));
+        float sums[512];
+        for (int64_t r = 0; r < m; r++) {
+            float* s = scores.data() + r * Tk;
+            sums[r] = softmax_numerators(s, Tk);
+        }
+        gemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(m), static_cast<int>(D), static_cast<int>(Tk), 1.0f,
+             scores.data(), static_cast<int>(Tk), vp, static_cast<int>(C), 0.0f, op, static_cast<int>(C));
+        for (int64_t r = 0; r < m; r++) {
+            const float inv = 1.0f / sums[r];
+            for (int64_t d = 0; d < D; d++) {
+                op[r * C + d] *= inv;
+            }
+        }
+    }
+}
 
 // Rows [r0, r1) of y [R, M] (row-major) = x [R, K] * w [M, K]^T.
 void rows_product(ggml_tensor* dst, int ith, int nth, void*) {
@@ -76,6 +180,12 @@ std::string library() {
 void set_enabled(bool on) { use.store(on); }
 
 bool enabled() { return use.load() && sgemm.load() != nullptr; }
+
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
+    ggml_tensor* args[] = {q, k, v};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attention_blocks,
+                          GGML_N_TASKS_MAX, reinterpret_cast<void*>(static_cast<intptr_t>(heads)));
+}
 
 ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x) {
     ggml_tensor* args[] = {w, x};

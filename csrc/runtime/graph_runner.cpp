@@ -133,10 +133,13 @@ void GraphRunner::compute_profiled(ggml_cgraph* gf) {
             throw std::runtime_error("GraphRunner: graph computation failed");
         }
         double flops = 0.0;
-        // MUL_MAT, or the custom op of runtime/blas.hpp (src0 the weight): K x elements of the result.
-        if (node->op == GGML_OP_MUL_MAT || (node->op == GGML_OP_CUSTOM && node->src[1] != nullptr)) {
+        // MUL_MAT, or runtime/blas.hpp's product (src0 the weight): K x elements of the result. Attention (fused,
+        // or blas.hpp's with q, k, v as src0..2): QK^T and PV.
+        const bool custom = node->op == GGML_OP_CUSTOM && node->src[1] != nullptr;
+        const bool custom_attention = custom && node->src[2] != nullptr;
+        if (node->op == GGML_OP_MUL_MAT || (custom && !custom_attention)) {
             flops = 2.0 * static_cast<double>(node->src[0]->ne[0]) * static_cast<double>(ggml_nelements(node));
-        } else if (node->op == GGML_OP_FLASH_ATTN_EXT) {  // q [D, Tq, H, N], k [D, Tk, ...]: QK^T and PV
+        } else if (node->op == GGML_OP_FLASH_ATTN_EXT || custom_attention) {
             flops = 4.0 * static_cast<double>(ggml_nelements(node->src[0])) * static_cast<double>(node->src[1]->ne[1]);
         }
         profile_.push_back({ggml_op_desc(node), ggml_get_name(node), dt.count(), flops});

@@ -106,10 +106,17 @@ class _Steps:
             self.bar.close()
 
 
+def _blocked_attention(model) -> bool:
+    """OpenBLAS attention (CPU) never holds a whole score matrix either (csrc/runtime/blas.hpp)."""
+    from .._native import core
+
+    return model.weights.device.upper() == "CPU" and core().blas_enabled()
+
+
 def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     o = o.resolved(model.default_size, model.vae_factor)
     check_fits(model.weights, width=o.width, height=o.height, batch=o.num_images, cfg=o.guidance_scale != 1.0,
-               factor=model.vae_factor, flash_attn=model.flash_attn)
+               factor=model.vae_factor, flash_attn=model.flash_attn or _blocked_attention(model))
     spec = model.weights.spec
     report = GenerationReport(seed=o.seed, weights=weight_bytes(model.weights.plan))
     report.timings["load"] = model.load_seconds

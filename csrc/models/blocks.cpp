@@ -93,6 +93,24 @@ ggml_tensor* conv2d_banded(const Graph& g, ggml_tensor* x, ggml_tensor* w, ggml_
     return out;
 }
 
+// A wide 3x3 conv on OpenBLAS (runtime/blas.hpp): the weight [C*9, OC] becomes per-tap f32 matrices [C, OC, 9]
+// (float types convert and reorder in one copy; quantized rows are dequantized first).
+ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std::string& prefix) {
+    const int64_t C = x->ne[2], OC = w->ne[1];
+    if (ggml_is_quantized(w->type)) {
+        w = named(ggml_cast(g.ctx, w, GGML_TYPE_F32), "weight.to_f32");
+    }
+    ggml_tensor* by_tap = ggml_permute(g.ctx, ggml_reshape_3d(g.ctx, w, 9, C, OC), 2, 0, 1, 3);  // [C, OC, 9]
+    ggml_tensor* taps = named(ggml_cast(g.ctx, by_tap, GGML_TYPE_F32), "weight.to_taps");
+    ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 2, 0, 0, 0, 0), "conv.pad");
+    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps), "conv.matmul");
+    const std::string bias = prefix + ".bias";
+    if (!g.has(bias)) {
+        return y;
+    }
+    return named(ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, g.w(bias), 1, 1, OC, 1)), "bias");
+}
+
 }  // namespace
 
 int64_t resolve_f32_matmul_min_cols(const WeightStore& weights, int64_t requested) {
@@ -145,6 +163,10 @@ ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, i
     if (k == 1 && stride == 1 && pad == 0) {
         // A 1x1 conv is a linear layer over channels: no im2col copy, only the token transposes.
         return from_tokens(g.ctx, linear(g, to_tokens(g.ctx, x), prefix), W, H);
+    }
+    if (k == 3 && stride == 1 && pad == 1 && blas::enabled() && g.runner.weights().is_cpu() &&
+        g.f32_matmul_min_cols > 0 && W * H * N >= g.f32_matmul_min_cols) {
+        return conv3x3_blas(g, x, w, prefix);
     }
     // im2col reads only the kernel's dims, so a small shape-only tensor stands in for the weight; this keeps
     // the weight free to be any (quantized) type. F32 columns: ggml's F16 im2col is a slow scalar path.

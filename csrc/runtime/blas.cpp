@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -181,10 +182,74 @@ void set_enabled(bool on) { use.store(on); }
 
 bool enabled() { return use.load() && sgemm.load() != nullptr; }
 
+// Output channels [o0, o1) of one image, in bands of output rows whose accumulator stays within ~4 MiB.
+void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* xp = dst->src[0];
+    const ggml_tensor* taps = dst->src[1];
+    const int64_t Wp = xp->ne[0], Hp = xp->ne[1], C = xp->ne[2], N = xp->ne[3];
+    const int64_t W = dst->ne[0], H = dst->ne[1], OC = dst->ne[2];
+    const int64_t per = ((OC + nth - 1) / nth + 15) & ~int64_t(15);
+    const int64_t o0 = std::min<int64_t>(OC, per * ith), o1 = std::min<int64_t>(OC, o0 + per);
+    if (o0 >= o1) {
+        return;
+    }
+    const int64_t band = std::max<int64_t>(1, std::min<int64_t>(H, (int64_t(1) << 20) / ((o1 - o0) * Wp)));
+    thread_local std::vector<float> acc;
+    acc.resize(static_cast<size_t>((o1 - o0) * band * Wp));
+    const sgemm_fn gemm = sgemm.load();
+    const float* w = static_cast<const float*>(taps->data);
+    for (int64_t n = 0; n < N; n++) {
+        const float* plane = static_cast<const float*>(xp->data) + n * C * Hp * Wp;
+        for (int64_t y0 = 0; y0 < H; y0 += band) {
+            const int64_t rows = std::min(band, H - y0), P = rows * Wp;
+            for (int t = 0; t < 9; t++) {
+                const int ky = t / 3, kx = t % 3;
+                gemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(o1 - o0), static_cast<int>(P),
+                     static_cast<int>(C), 1.0f, w + (t * OC + o0) * C, static_cast<int>(C),
+                     plane + (y0 + ky) * Wp + kx, static_cast<int>(Hp * Wp), t == 0 ? 0.0f : 1.0f, acc.data(),
+                     static_cast<int>(P));
+            }
+            for (int64_t o = o0; o < o1; o++) {
+                float* out = static_cast<float*>(dst->data) + ((n * OC + o) * H + y0) * W;
+                const float* a = acc.data() + (o - o0) * P;
+                for (int64_t y = 0; y < rows; y++) {
+                    std::copy(a + y * Wp, a + y * Wp + W, out + y * W);
+                }
+            }
+        }
+    }
+}
+
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps) {
+    ggml_tensor* args[] = {xp, taps};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, xp->ne[0] - 2, xp->ne[1] - 3, taps->ne[1], xp->ne[3], args, 2,
+                          conv3x3_channels, GGML_N_TASKS_MAX, nullptr);
+}
+
 ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
     ggml_tensor* args[] = {q, k, v};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attention_blocks,
                           GGML_N_TASKS_MAX, reinterpret_cast<void*>(static_cast<intptr_t>(heads)));
+}
+
+double flops(const ggml_tensor* node) {
+    if (node->op != GGML_OP_CUSTOM) {
+        return 0.0;
+    }
+    // ggml_custom_4d stores its parameters in op_params, the function pointer first (ggml-impl.h).
+    ggml_custom_op_t fun = nullptr;
+    std::memcpy(&fun, node->op_params, sizeof(fun));
+    const double out = static_cast<double>(ggml_nelements(node));
+    if (fun == rows_product) {
+        return 2.0 * static_cast<double>(node->src[0]->ne[0]) * out;
+    }
+    if (fun == conv3x3_channels) {
+        return 2.0 * 9.0 * static_cast<double>(node->src[0]->ne[2]) * out;
+    }
+    if (fun == attention_blocks) {
+        return 4.0 * out * static_cast<double>(node->src[1]->ne[1]);
+    }
+    return 0.0;
 }
 
 ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x) {

@@ -24,6 +24,16 @@ bool enabled();
 // op whose rows of the result are split across ggml's threads, each calling a single-threaded sgemm.
 ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x);
 
+// 3x3 convolution, stride 1, of a padded input xp [W+2, H+3, C, N] (one zero column each side, one zero row on top
+// and two below) with taps [C, OC, 9] (f32; tap t = 3*ky + kx is a row-major OC x C matrix) -> [W, H, OC, N].
+// Each tap is one sgemm over the padded plane shifted by (ky, kx), accumulated in place: no im2col matrix (9x the
+// input) and no transpose back; the two pad columns per row are computed and dropped. Threads split the output
+// channels.
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps);
+
+// Multiply-adds x 2 of a node made by this file (0 for any other node), for the profiler.
+double flops(const ggml_tensor* node);
+
 // softmax(q k^T / sqrt(D)) v per head, for f32 q [C, Tq, N] and k, v [C, Tk, N] (contiguous; head h owns channels
 // [h*D, (h+1)*D)) -> [C, Tq, N]. Blocks of queries small enough for their scores to stay in cache go through two
 // sgemm calls that read the heads in place (no permutes, no padding); threads take blocks in turn. ggml's fused

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "convert.hpp"
+#include "runtime/blas.hpp"
 #include "devices.hpp"
 
 namespace sdcpp {
@@ -133,13 +134,11 @@ void GraphRunner::compute_profiled(ggml_cgraph* gf) {
             throw std::runtime_error("GraphRunner: graph computation failed");
         }
         double flops = 0.0;
-        // MUL_MAT, or runtime/blas.hpp's product (src0 the weight): K x elements of the result. Attention (fused,
-        // or blas.hpp's with q, k, v as src0..2): QK^T and PV.
-        const bool custom = node->op == GGML_OP_CUSTOM && node->src[1] != nullptr;
-        const bool custom_attention = custom && node->src[2] != nullptr;
-        if (node->op == GGML_OP_MUL_MAT || (custom && !custom_attention)) {
+        if (node->op == GGML_OP_CUSTOM) {
+            flops = blas::flops(node);
+        } else if (node->op == GGML_OP_MUL_MAT) {
             flops = 2.0 * static_cast<double>(node->src[0]->ne[0]) * static_cast<double>(ggml_nelements(node));
-        } else if (node->op == GGML_OP_FLASH_ATTN_EXT || custom_attention) {
+        } else if (node->op == GGML_OP_FLASH_ATTN_EXT) {
             flops = 4.0 * static_cast<double>(ggml_nelements(node->src[0])) * static_cast<double>(node->src[1]->ne[1]);
         }
         profile_.push_back({ggml_op_desc(node), ggml_get_name(node), dt.count(), flops});

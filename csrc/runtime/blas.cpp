@@ -188,9 +188,16 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* taps = dst->src[1];
     const int64_t Wp = xp->ne[0], Hp = xp->ne[1], C = xp->ne[2], N = xp->ne[3];
     const int64_t W = dst->ne[0], H = dst->ne[1], OC = dst->ne[2];
-    const int64_t per = ((OC + nth - 1) / nth + 15) & ~int64_t(15);
-    const int64_t o0 = std::min<int64_t>(OC, per * ith), o1 = std::min<int64_t>(OC, o0 + per);
-    if (o0 >= o1) {
+    // Threads split the output channels in blocks of 16; when there are fewer blocks than threads (a VAE's
+    // 3-channel conv_out), the leftover threads split the output rows of each block instead.
+    const int64_t oc_parts = std::max<int64_t>(1, std::min<int64_t>(nth, (OC + 15) / 16));
+    const int64_t row_parts = std::max<int64_t>(1, nth / oc_parts);
+    const int64_t oc_part = ith % oc_parts, row_part = ith / oc_parts;
+    const int64_t per = ((OC + oc_parts - 1) / oc_parts + 15) & ~int64_t(15);
+    const int64_t o0 = std::min<int64_t>(OC, per * oc_part), o1 = std::min<int64_t>(OC, o0 + per);
+    const int64_t rows_per = (H + row_parts - 1) / row_parts;
+    const int64_t y_begin = std::min<int64_t>(H, rows_per * row_part), y_end = std::min<int64_t>(H, y_begin + rows_per);
+    if (o0 >= o1 || y_begin >= y_end || row_part >= row_parts) {
         return;
     }
     const int64_t band = std::max<int64_t>(1, std::min<int64_t>(H, (int64_t(1) << 20) / ((o1 - o0) * Wp)));
@@ -200,8 +207,8 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void*) {
     const float* w = static_cast<const float*>(taps->data);
     for (int64_t n = 0; n < N; n++) {
         const float* plane = static_cast<const float*>(xp->data) + n * C * Hp * Wp;
-        for (int64_t y0 = 0; y0 < H; y0 += band) {
-            const int64_t rows = std::min(band, H - y0), P = rows * Wp;
+        for (int64_t y0 = y_begin; y0 < y_end; y0 += band) {
+            const int64_t rows = std::min(band, y_end - y0), P = rows * Wp;
             for (int t = 0; t < 9; t++) {
                 const int ky = t / 3, kx = t % 3;
                 gemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(o1 - o0), static_cast<int>(P),

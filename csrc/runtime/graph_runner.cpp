@@ -138,7 +138,7 @@ void GraphRunner::compute_profiled(ggml_cgraph* gf) {
             flops = blas::flops(node);
         } else if (node->op == GGML_OP_MUL_MAT) {
             flops = 2.0 * static_cast<double>(node->src[0]->ne[0]) * static_cast<double>(ggml_nelements(node));
-        } else if (node->op == GGML_OP_FLASH_ATTN_EXT) {
+        } else if (node->op == GGML_OP_FLASH_ATTN_EXT) {  // on the CPU q's width includes the zero padding
             flops = 4.0 * static_cast<double>(ggml_nelements(node->src[0])) * static_cast<double>(node->src[1]->ne[1]);
         }
         profile_.push_back({ggml_op_desc(node), ggml_get_name(node), dt.count(), flops});

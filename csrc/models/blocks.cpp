@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "runtime/blas.hpp"
+#include "runtime/cpu_ops.hpp"
 
 namespace sdcpp::blocks {
 
@@ -38,21 +39,33 @@ ggml_tensor* matmul_weight(const Graph& g, ggml_tensor* w, int64_t cols) {
     return named(ggml_cast(g.ctx, w, GGML_TYPE_F32), "weight.to_f32");
 }
 
-// w x for a weight from matmul_weight(): wide f32 products go to OpenBLAS's sgemm when it is loaded (CPU only),
-// the rest to ggml_mul_mat.
-ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const char* name) {
+ggml_tensor* add_bias(const Graph& g, ggml_tensor* y, const std::string& prefix) {
+    const std::string bias = prefix + ".bias";
+    return g.has(bias) ? named(ggml_add(g.ctx, y, g.w(bias)), "bias") : y;
+}
+
+// f32 bias of `prefix` that an OpenBLAS op can add in its own pass ([n] contiguous f32), else nullptr.
+ggml_tensor* fusable_bias(const Graph& g, const std::string& prefix, int64_t n) {
+    const std::string name = prefix + ".bias";
+    if (!g.has(name)) {
+        return nullptr;
+    }
+    ggml_tensor* b = g.w(name);
+    return b->type == GGML_TYPE_F32 && ggml_is_contiguous(b) && ggml_nelements(b) == n ? b : nullptr;
+}
+
+// w x + `prefix`.bias (when present), for a weight from matmul_weight(): wide f32 products go to OpenBLAS's sgemm
+// when it is loaded (CPU only), with the bias fused; the rest to ggml_mul_mat and an add.
+ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const std::string& prefix, const char* name) {
     const int64_t cols = ggml_nelements(x) / x->ne[0];
     const bool wide = g.f32_matmul_min_cols > 0 && cols >= g.f32_matmul_min_cols;
     if (wide && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) && ggml_is_contiguous(x) && blas::enabled() &&
         g.runner.weights().is_cpu()) {
-        return named(blas::mul_mat(g.ctx, w, x), name);
+        ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
+        ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias), name);
+        return bias != nullptr ? y : add_bias(g, y, prefix);
     }
-    return named(ggml_mul_mat(g.ctx, w, x), name);
-}
-
-ggml_tensor* add_bias(const Graph& g, ggml_tensor* y, const std::string& prefix) {
-    const std::string bias = prefix + ".bias";
-    return g.has(bias) ? named(ggml_add(g.ctx, y, g.w(bias)), "bias") : y;
+    return add_bias(g, named(ggml_mul_mat(g.ctx, w, x), name), prefix);
 }
 
 // One band of output rows [r0, r0 + rows) of a conv over the padded input xp: im2col on a row window (a view;
@@ -66,8 +79,7 @@ ggml_tensor* conv_band(const Graph& g, ggml_tensor* xp, ggml_tensor* w, ggml_ten
                               "conv.im2col");
     const int64_t K = cols->ne[0], OW = cols->ne[1], N = cols->ne[3];
     cols = ggml_reshape_2d(g.ctx, cols, K, OW * rows * N);
-    ggml_tensor* y = product(g, w, cols, "conv.matmul");
-    y = ggml_reshape_4d(g.ctx, add_bias(g, y, prefix), w->ne[1], OW, rows, N);
+    ggml_tensor* y = ggml_reshape_4d(g.ctx, product(g, w, cols, prefix, "conv.matmul"), w->ne[1], OW, rows, N);
     return named(ggml_cont(g.ctx, ggml_permute(g.ctx, y, 2, 0, 1, 3)), "conv.layout");
 }
 
@@ -103,12 +115,12 @@ ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const 
     ggml_tensor* by_tap = ggml_permute(g.ctx, ggml_reshape_3d(g.ctx, w, 9, C, OC), 2, 0, 1, 3);  // [C, OC, 9]
     ggml_tensor* taps = named(ggml_cast(g.ctx, by_tap, GGML_TYPE_F32), "weight.to_taps");
     ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 2, 0, 0, 0, 0), "conv.pad");
-    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps), "conv.matmul");
-    const std::string bias = prefix + ".bias";
-    if (!g.has(bias)) {
+    ggml_tensor* bias = fusable_bias(g, prefix, OC);
+    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps, bias), "conv.matmul");
+    if (bias != nullptr || !g.has(prefix + ".bias")) {
         return y;
     }
-    return named(ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, g.w(bias), 1, 1, OC, 1)), "bias");
+    return named(ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, g.w(prefix + ".bias"), 1, 1, OC, 1)), "bias");
 }
 
 }  // namespace
@@ -132,7 +144,7 @@ ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
     }
     x = contiguous(g.ctx, x);
     w = matmul_weight(g, w, ggml_nelements(x) / x->ne[0]);
-    return add_bias(g, product(g, w, x, "linear.matmul"), prefix);
+    return product(g, w, x, prefix, "linear.matmul");
 }
 
 ggml_tensor* to_tokens(ggml_context* ctx, ggml_tensor* x) {
@@ -189,20 +201,31 @@ ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, i
                                     GGML_TYPE_F32);  // [C*k*k, OW, OH, N]
     named(cols, "conv.im2col");
     cols = ggml_reshape_2d(g.ctx, cols, cols->ne[0], OW * OH * N);
-    ggml_tensor* y = add_bias(g, product(g, w, cols, "conv.matmul"), prefix);  // [OC, OW*OH*N]
+    ggml_tensor* y = product(g, w, cols, prefix, "conv.matmul");  // [OC, OW*OH*N]
     // Back to [OW, OH, OC, N]: the transpose copies once per conv (measured small next to the matmul).
     y = ggml_reshape_3d(g.ctx, y, OC, OW * OH, N);
     y = named(ggml_cont(g.ctx, ggml_transpose(g.ctx, y)), "conv.layout");
     return ggml_reshape_4d(g.ctx, y, OW, OH, OC, N);
 }
 
-ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, int groups, float eps) {
-    if (x->ne[2] % groups != 0) {
+ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, int groups, float eps,
+                        bool silu) {
+    if (x->ne[2] % groups != 0 || groups > 0xFFFF) {
         throw std::invalid_argument(prefix + ": " + std::to_string(x->ne[2]) + " channels do not split into " +
                                     std::to_string(groups) + " groups");
     }
-    ggml_tensor* y = named(ggml_group_norm(g.ctx, contiguous(g.ctx, x), groups, eps), "norm.group");
-    return channel_affine(g, y, prefix);
+    x = contiguous(g.ctx, x);
+    ggml_tensor* gamma = g.w(prefix + ".weight");
+    ggml_tensor* beta = g.w(prefix + ".bias");
+    const int64_t C = x->ne[2];
+    auto plain_f32 = [C](const ggml_tensor* t) {
+        return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == C;
+    };
+    if (g.runner.weights().is_cpu() && x->type == GGML_TYPE_F32 && plain_f32(gamma) && plain_f32(beta)) {
+        return named(cpu_ops::group_norm(g.ctx, x, gamma, beta, groups, eps, silu), "norm.group");
+    }
+    ggml_tensor* y = channel_affine(g, named(ggml_group_norm(g.ctx, x, groups, eps), "norm.group"), prefix);
+    return silu ? ggml_silu(g.ctx, y) : y;
 }
 
 ggml_tensor* layer_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, float eps) {
@@ -290,13 +313,13 @@ ggml_tensor* geglu_feed_forward(const Graph& g, ggml_tensor* x, const std::strin
 
 ggml_tensor* resnet(const Graph& g, ggml_tensor* x, ggml_tensor* temb_act, const std::string& prefix, int groups,
                     float eps) {
-    ggml_tensor* h = ggml_silu(g.ctx, group_norm(g, x, prefix + ".norm1", groups, eps));
+    ggml_tensor* h = group_norm(g, x, prefix + ".norm1", groups, eps, true);
     h = conv2d(g, h, prefix + ".conv1");
     if (temb_act != nullptr) {
         ggml_tensor* t = linear(g, temb_act, prefix + ".time_emb_proj");  // [OC, N]
         h = ggml_add(g.ctx, h, ggml_reshape_4d(g.ctx, t, 1, 1, t->ne[0], t->ne[1]));
     }
-    h = ggml_silu(g.ctx, group_norm(g, h, prefix + ".norm2", groups, eps));
+    h = group_norm(g, h, prefix + ".norm2", groups, eps, true);
     h = conv2d(g, h, prefix + ".conv2");
     ggml_tensor* skip = g.has(prefix + ".conv_shortcut.weight") ? conv2d(g, x, prefix + ".conv_shortcut") : x;
     return ggml_add(g.ctx, skip, h);

@@ -47,8 +47,9 @@ ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix);
 // The kernel size follows from the stored row length and C; 1x1 convs skip im2col.
 ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, int stride = 1, int pad = -1);
 
-// GroupNorm with affine weight/bias over x [W, H, C, N].
-ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, int groups, float eps);
+// GroupNorm with affine weight/bias over x [W, H, C, N], then SiLU when `silu` (one fused op on the CPU).
+ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, int groups, float eps,
+                        bool silu = false);
 // LayerNorm with affine weight/bias over the first dimension.
 ggml_tensor* layer_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, float eps);
 

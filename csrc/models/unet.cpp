@@ -131,7 +131,7 @@ ggml_tensor* forward(const Graph& g, const Inputs& in, const UnetConfig& cfg) {
             h = blocks::upsample(g, h, b + ".upsamplers.0", W, H);
         }
     }
-    h = ggml_silu(g.ctx, blocks::group_norm(g, h, u + ".conv_norm_out", cfg.groups, cfg.resnet_eps));
+    h = blocks::group_norm(g, h, u + ".conv_norm_out", cfg.groups, cfg.resnet_eps, true);
     return blocks::conv2d(g, h, u + ".conv_out");
 }
 

@@ -38,7 +38,7 @@ ggml_tensor* mid_block(const Graph& g, ggml_tensor* x, const std::string& prefix
 }
 
 ggml_tensor* out_head(const Graph& g, ggml_tensor* x, const std::string& prefix, const VaeConfig& cfg) {
-    x = ggml_silu(g.ctx, blocks::group_norm(g, x, prefix + ".conv_norm_out", cfg.groups, cfg.eps));
+    x = blocks::group_norm(g, x, prefix + ".conv_norm_out", cfg.groups, cfg.eps, true);
     return blocks::conv2d(g, x, prefix + ".conv_out");
 }
 

@@ -139,10 +139,18 @@ void rows_product(ggml_tensor* dst, int ith, int nth, void*) {
     if (r0 >= r1) {
         return;
     }
+    float* y = static_cast<float*>(dst->data) + r0 * M;
+    const ggml_tensor* bias = dst->src[2];
+    if (bias != nullptr) {  // the bias goes in first and sgemm accumulates onto it: one pass over y saved
+        const float* b = static_cast<const float*>(bias->data);
+        for (int64_t r = 0; r < r1 - r0; r++) {
+            std::copy(b, b + M, y + r * M);
+        }
+    }
     sgemm.load()(kRowMajor, kNoTrans, kTrans, static_cast<int>(r1 - r0), static_cast<int>(M), static_cast<int>(K),
                  1.0f, static_cast<const float*>(x->data) + r0 * K, static_cast<int>(K),
-                 static_cast<const float*>(w->data), static_cast<int>(K), 0.0f,
-                 static_cast<float*>(dst->data) + r0 * M, static_cast<int>(M));
+                 static_cast<const float*>(w->data), static_cast<int>(K), bias != nullptr ? 1.0f : 0.0f, y,
+                 static_cast<int>(M));
 }
 
 }  // namespace
@@ -205,16 +213,22 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void*) {
     acc.resize(static_cast<size_t>((o1 - o0) * band * Wp));
     const sgemm_fn gemm = sgemm.load();
     const float* w = static_cast<const float*>(taps->data);
+    const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
     for (int64_t n = 0; n < N; n++) {
         const float* plane = static_cast<const float*>(xp->data) + n * C * Hp * Wp;
         for (int64_t y0 = y_begin; y0 < y_end; y0 += band) {
             const int64_t rows = std::min(band, y_end - y0), P = rows * Wp;
+            if (bias != nullptr) {
+                for (int64_t o = o0; o < o1; o++) {
+                    std::fill(acc.data() + (o - o0) * P, acc.data() + (o - o0 + 1) * P, bias[o]);
+                }
+            }
             for (int t = 0; t < 9; t++) {
                 const int ky = t / 3, kx = t % 3;
                 gemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(o1 - o0), static_cast<int>(P),
                      static_cast<int>(C), 1.0f, w + (t * OC + o0) * C, static_cast<int>(C),
-                     plane + (y0 + ky) * Wp + kx, static_cast<int>(Hp * Wp), t == 0 ? 0.0f : 1.0f, acc.data(),
-                     static_cast<int>(P));
+                     plane + (y0 + ky) * Wp + kx, static_cast<int>(Hp * Wp), t == 0 && bias == nullptr ? 0.0f : 1.0f,
+                     acc.data(), static_cast<int>(P));
             }
             for (int64_t o = o0; o < o1; o++) {
                 float* out = static_cast<float*>(dst->data) + ((n * OC + o) * H + y0) * W;
@@ -227,10 +241,10 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void*) {
     }
 }
 
-ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps) {
-    ggml_tensor* args[] = {xp, taps};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, xp->ne[0] - 2, xp->ne[1] - 3, taps->ne[1], xp->ne[3], args, 2,
-                          conv3x3_channels, GGML_N_TASKS_MAX, nullptr);
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps, ggml_tensor* bias) {
+    ggml_tensor* args[] = {xp, taps, bias};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, xp->ne[0] - 2, xp->ne[1] - 3, taps->ne[1], xp->ne[3], args,
+                          bias ? 3 : 2, conv3x3_channels, GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
@@ -259,10 +273,10 @@ double flops(const ggml_tensor* node) {
     return 0.0;
 }
 
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x) {
-    ggml_tensor* args[] = {w, x};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, 2, rows_product,
-                          GGML_N_TASKS_MAX, nullptr);
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias) {
+    ggml_tensor* args[] = {w, x, bias};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2,
+                          rows_product, GGML_N_TASKS_MAX, nullptr);
 }
 
 }  // namespace sdcpp::blas

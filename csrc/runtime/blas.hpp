@@ -22,14 +22,16 @@ bool enabled();
 
 // dst = w x as ggml_mul_mat(w, x) computes it, for f32 w [K, M] and f32 x [K, R...] (both contiguous): a custom
 // op whose rows of the result are split across ggml's threads, each calling a single-threaded sgemm.
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x);
+// `bias` (f32 [M], contiguous) is added in the same pass, or nullptr.
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias);
 
 // 3x3 convolution, stride 1, of a padded input xp [W+2, H+3, C, N] (one zero column each side, one zero row on top
 // and two below) with taps [C, OC, 9] (f32; tap t = 3*ky + kx is a row-major OC x C matrix) -> [W, H, OC, N].
 // Each tap is one sgemm over the padded plane shifted by (ky, kx), accumulated in place: no im2col matrix (9x the
 // input) and no transpose back; the two pad columns per row are computed and dropped. Threads split the output
 // channels.
-ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps);
+// `bias` (f32 [OC], contiguous) is added in the same pass, or nullptr.
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps, ggml_tensor* bias);
 
 // Multiply-adds x 2 of a node made by this file (0 for any other node), for the profiler.
 double flops(const ggml_tensor* node);

@@ -1,0 +1,127 @@
+#include "runtime/cpu_ops.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace sdcpp::cpu_ops {
+
+namespace {
+
+// What one group-norm node needs besides its tensors, packed into the custom op's userdata pointer value (no
+// allocation to outlive the graph): groups in bits 0-15, SiLU in bit 16, eps's float bits in 32-63.
+uintptr_t pack(int groups, float eps, bool silu) {
+    uint32_t eps_bits = 0;
+    std::memcpy(&eps_bits, &eps, sizeof(eps_bits));
+    return (static_cast<uintptr_t>(eps_bits) << 32) | (silu ? uintptr_t(1) << 16 : 0) |
+           static_cast<uintptr_t>(groups & 0xFFFF);
+}
+
+// Mean and mean squared deviation of n floats, two passes (no cancellation): 16 float lanes over blocks of 1024
+// values, block sums added in double, so the loops vectorize and long groups keep double-like accuracy.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void moments(const float* x, int64_t n, double* mean_out, double* var_out) {
+    double total = 0.0;
+    for (int64_t b = 0; b < n; b += 1024) {
+        const int64_t e = b + 1024 < n ? b + 1024 : n;
+        float lane[16] = {};
+        int64_t i = b;
+        for (; i + 16 <= e; i += 16) {
+            for (int j = 0; j < 16; j++) {
+                lane[j] += x[i + j];
+            }
+        }
+        for (; i < e; i++) {
+            lane[0] += x[i];
+        }
+        for (float v : lane) {
+            total += v;
+        }
+    }
+    const double mean = total / static_cast<double>(n);
+    const float m = static_cast<float>(mean);
+    double sq = 0.0;
+    for (int64_t b = 0; b < n; b += 1024) {
+        const int64_t e = b + 1024 < n ? b + 1024 : n;
+        float lane[16] = {};
+        int64_t i = b;
+        for (; i + 16 <= e; i += 16) {
+            for (int j = 0; j < 16; j++) {
+                const float d = x[i + j] - m;
+                lane[j] += d * d;
+            }
+        }
+        for (; i < e; i++) {
+            const float d = x[i] - m;
+            lane[0] += d * d;
+        }
+        for (float v : lane) {
+            sq += v;
+        }
+    }
+    *mean_out = mean;
+    *var_out = sq / static_cast<double>(n);
+}
+
+// y = (x - mean) * rstd * gamma + beta (then y * sigmoid(y)) over one group's channels, each `plane` floats.
+// Vectorizable loops (one clone per SIMD width); sigmoid via expf, which glibc vectorizes under the file's
+// -fno-math-errno (CMakeLists).
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void normalize_group(const float* x, float* y, int64_t channels, int64_t plane, const float* gamma, const float* beta,
+                     double mean, double rstd, bool silu) {
+    for (int64_t c = 0; c < channels; c++) {
+        const float scale = static_cast<float>(rstd) * gamma[c];
+        const float shift = beta[c] - static_cast<float>(mean) * scale;
+        const float* xc = x + c * plane;
+        float* yc = y + c * plane;
+        if (silu) {
+            for (int64_t i = 0; i < plane; i++) {
+                const float v = xc[i] * scale + shift;
+                yc[i] = v / (1.0f + std::exp(-v));
+            }
+        } else {
+            for (int64_t i = 0; i < plane; i++) {
+                yc[i] = xc[i] * scale + shift;
+            }
+        }
+    }
+}
+
+void group_norm_groups(ggml_tensor* dst, int ith, int nth, void* userdata) {
+    const ggml_tensor* x = dst->src[0];
+    const float* gamma = static_cast<const float*>(dst->src[1]->data);
+    const float* beta = static_cast<const float*>(dst->src[2]->data);
+    const uintptr_t packed = reinterpret_cast<uintptr_t>(userdata);
+    const int64_t groups = static_cast<int64_t>(packed & 0xFFFF);
+    const bool silu = (packed >> 16) & 1;
+    const uint32_t eps_bits = static_cast<uint32_t>(packed >> 32);
+    float eps = 0.0f;
+    std::memcpy(&eps, &eps_bits, sizeof(eps));
+    const int64_t plane = x->ne[0] * x->ne[1], C = x->ne[2], N = x->ne[3], cg = C / groups;
+    const int64_t count = cg * plane;
+    for (int64_t task = ith; task < N * groups; task += nth) {
+        const int64_t n = task / groups, grp = task % groups;
+        const int64_t offset = (n * C + grp * cg) * plane;
+        const float* xs = static_cast<const float*>(x->data) + offset;
+        double mean = 0.0, var = 0.0;
+        moments(xs, count, &mean, &var);
+        const double rstd = 1.0 / std::sqrt(var + eps);
+        normalize_group(xs, static_cast<float*>(dst->data) + offset, cg, plane, gamma + grp * cg, beta + grp * cg,
+                        mean, rstd, silu);
+    }
+}
+
+}  // namespace
+
+ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gamma, ggml_tensor* beta, int groups,
+                        float eps, bool silu) {
+    ggml_tensor* args[] = {x, gamma, beta};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, 3, group_norm_groups,
+                          GGML_N_TASKS_MAX, reinterpret_cast<void*>(pack(groups, eps, silu)));
+}
+
+}  // namespace sdcpp::cpu_ops

@@ -33,7 +33,7 @@ ggml_tensor* channel_affine(const Graph& g, ggml_tensor* x, const std::string& p
 
 // The weight as src0 of a product with `cols` activation columns: converted to f32 when the graph asks for it.
 ggml_tensor* matmul_weight(const Graph& g, ggml_tensor* w, int64_t cols) {
-    if (w->type == GGML_TYPE_F32 || g.f32_matmul_min_cols <= 0 || cols < g.f32_matmul_min_cols) {
+    if (w->type == GGML_TYPE_F32 || !g.wide(cols)) {
         return w;
     }
     return named(ggml_cast(g.ctx, w, GGML_TYPE_F32), "weight.to_f32");
@@ -57,10 +57,8 @@ ggml_tensor* fusable_bias(const Graph& g, const std::string& prefix, int64_t n) 
 // w x + `prefix`.bias (when present), for a weight from matmul_weight(): wide f32 products go to OpenBLAS's sgemm
 // when it is loaded (CPU only), with the bias fused; the rest to ggml_mul_mat and an add.
 ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const std::string& prefix, const char* name) {
-    const int64_t cols = ggml_nelements(x) / x->ne[0];
-    const bool wide = g.f32_matmul_min_cols > 0 && cols >= g.f32_matmul_min_cols;
-    if (wide && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) && ggml_is_contiguous(x) && blas::enabled() &&
-        g.runner.weights().is_cpu()) {
+    if (g.wide(ggml_nelements(x) / x->ne[0]) && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) &&
+        ggml_is_contiguous(x) && g.use_blas()) {
         ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
         ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias), name);
         return bias != nullptr ? y : add_bias(g, y, prefix);
@@ -125,12 +123,16 @@ ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const 
 
 }  // namespace
 
-int64_t resolve_f32_matmul_min_cols(const WeightStore& weights, int64_t requested) {
-    if (requested >= 0) {
-        return requested;
+Graph Graph::begin(GraphRunner& runner, bool flash_attn, size_t max_im2col_bytes, int64_t f32_matmul_min_cols) {
+    if (f32_matmul_min_cols < 0) {
+        f32_matmul_min_cols = runner.weights().is_cpu() ? 256 : 0;
     }
-    return weights.is_cpu() ? 256 : 0;
+    return Graph{runner, runner.begin(), flash_attn, max_im2col_bytes, f32_matmul_min_cols};
 }
+
+bool Graph::cpu() const { return runner.weights().is_cpu(); }
+
+bool Graph::use_blas() const { return blas::enabled() && cpu(); }
 
 int64_t Graph::ne(const std::string& name, int dim) const {
     return runner.weights().tensor(name)->ne[dim];
@@ -176,8 +178,7 @@ ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, i
         // A 1x1 conv is a linear layer over channels: no im2col copy, only the token transposes.
         return from_tokens(g.ctx, linear(g, to_tokens(g.ctx, x), prefix), W, H);
     }
-    if (k == 3 && stride == 1 && pad == 1 && blas::enabled() && g.runner.weights().is_cpu() &&
-        g.f32_matmul_min_cols > 0 && W * H * N >= g.f32_matmul_min_cols) {
+    if (k == 3 && stride == 1 && pad == 1 && g.wide(W * H * N) && g.use_blas()) {
         return conv3x3_blas(g, x, w, prefix);
     }
     // im2col reads only the kernel's dims, so a small shape-only tensor stands in for the weight; this keeps
@@ -221,7 +222,7 @@ ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefi
     auto plain_f32 = [C](const ggml_tensor* t) {
         return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == C;
     };
-    if (g.runner.weights().is_cpu() && x->type == GGML_TYPE_F32 && plain_f32(gamma) && plain_f32(beta)) {
+    if (g.cpu() && x->type == GGML_TYPE_F32 && plain_f32(gamma) && plain_f32(beta)) {
         return named(cpu_ops::group_norm(g.ctx, x, gamma, beta, groups, eps, silu), "norm.group");
     }
     ggml_tensor* y = channel_affine(g, named(ggml_group_norm(g.ctx, x, groups, eps), "norm.group"), prefix);
@@ -243,7 +244,7 @@ ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml
     }
     const int64_t D = C / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-    if (blas::enabled() && g.runner.weights().is_cpu() && q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 &&
+    if (g.use_blas() && q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 &&
         v->type == GGML_TYPE_F32) {
         return named(blas::attention(ctx, contiguous(ctx, q), contiguous(ctx, k), contiguous(ctx, v),
                                      static_cast<int>(heads)),
@@ -259,7 +260,7 @@ ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml
         // leave QK^T unchanged and give zero output columns, dropped below. SD1.5's 40-wide heads otherwise take
         // the one-query-at-a-time kernel: an SD1.5 UNet call at 64x64 latents took 7.3 s instead of 8.3 s.
         // GPU kernels take the model's own widths.
-        const int64_t Dp = g.runner.weights().is_cpu() ? (D + 15) / 16 * 16 : D;
+        const int64_t Dp = g.cpu() ? (D + 15) / 16 * 16 : D;
         auto padded = [&](ggml_tensor* t, int64_t T) {
             ggml_tensor* h = split(t, T);
             return named(Dp == D ? ggml_cont(ctx, h) : ggml_pad(ctx, h, static_cast<int>(Dp - D), 0, 0, 0),

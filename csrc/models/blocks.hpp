@@ -23,22 +23,30 @@ struct Graph {
     // compute buffer of large VAE decodes, where one 3x3 conv's columns reach gigabytes.
     size_t max_im2col_bytes = 0;
     // Matrix products with at least this many activation columns (tokens x batch) first convert a non-f32 weight
-    // to f32 in the compute buffer (0: never). See resolve_f32_matmul_min_cols().
+    // to f32 in the compute buffer (0: never). See begin().
     int64_t f32_matmul_min_cols = 0;
+
+    // Starts a graph on `runner`. f32_matmul_min_cols < 0 picks the backend's default: 256 on the CPU, where
+    // f32 sgemm (OpenBLAS when loaded, else llamafile's) outruns ggml's f16 and q8_0 kernels, which convert or
+    // quantize the activations first (measured on SD1.5 shapes with >= 256 columns, 2 threads, AVX-512 Xeon: 1.3-1.5x
+    // with llamafile alone), and the one-off weight conversion costs far less than that when columns are many. It
+    // also keeps activations unrounded (ggml's q8_0/q4_K products round them to 8-bit blocks). Few columns (time
+    // embeddings, 77-token context, deep low-resolution blocks) stay on the stored type, where reading fewer weight
+    // bytes wins. GPU backends keep their own kernels (0).
+    static Graph begin(GraphRunner& runner, bool flash_attn, size_t max_im2col_bytes, int64_t f32_matmul_min_cols);
+
+    // The weights live on the CPU backend, the only one that runs sdcpp's custom ops.
+    bool cpu() const;
+    // A product over `cols` activation columns takes an f32 weight (and OpenBLAS, when use_blas()).
+    bool wide(int64_t cols) const { return f32_matmul_min_cols > 0 && cols >= f32_matmul_min_cols; }
+    // OpenBLAS is loaded and enabled (runtime/blas.hpp) and the graph runs on the CPU.
+    bool use_blas() const;
 
     ggml_tensor* w(const std::string& name) const { return runner.weight(name); }
     bool has(const std::string& name) const { return runner.has_weight(name); }
     // ggml dims of a stored weight (matrices are [n_per_row, rows]).
     int64_t ne(const std::string& name, int dim) const;
 };
-
-// On the CPU backend, ggml's f32 sgemm (llamafile, AVX-512) outruns its f16 and q8_0 kernels, which convert or
-// quantize the activations first: measured on SD1.5 shapes with >= 256 columns (2 threads, AVX-512 Xeon) f32 ran
-// 1.3-1.5x faster, and the one-off weight conversion costs far less than that when columns are many. It also
-// keeps activations unrounded (ggml's q8_0/q4_K products round them to 8-bit blocks). Few columns (time
-// embeddings, 77-token context, deep low-resolution blocks) stay on the stored type, where reading fewer weight
-// bytes wins. GPU backends keep their own kernels. `requested` < 0 picks this default.
-int64_t resolve_f32_matmul_min_cols(const WeightStore& weights, int64_t requested);
 
 // y = W x (+ b when `prefix.bias` exists); x is [in, ...], the result [out, ...].
 ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix);

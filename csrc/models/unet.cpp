@@ -195,8 +195,7 @@ Nchw Unet::predict(const float* latents, int64_t n, int64_t c, int64_t h, int64_
     }
 
     std::lock_guard<std::mutex> lock(mutex_);
-    Graph g{runner_, runner_.begin(), config_.flash_attn, config_.max_im2col_bytes,
-            blocks::resolve_f32_matmul_min_cols(weights_, config_.f32_matmul_min_cols)};
+    Graph g = Graph::begin(runner_, config_.flash_attn, config_.max_im2col_bytes, config_.f32_matmul_min_cols);
     Inputs in{};
     in.x = runner_.input(GGML_TYPE_F32, {w, h, c, n}, latents, sizeof(float) * n * c * h * w);
     in.timesteps = runner_.input(GGML_TYPE_F32, {n}, timesteps, sizeof(float) * n);

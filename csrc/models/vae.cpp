@@ -100,8 +100,7 @@ Nchw Vae::decode(const float* latents, int64_t n, int64_t c, int64_t h, int64_t 
                                     std::to_string(latent_channels_));
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    Graph g{runner_, runner_.begin(), config_.flash_attn, config_.max_im2col_bytes,
-            blocks::resolve_f32_matmul_min_cols(weights_, config_.f32_matmul_min_cols)};
+    Graph g = Graph::begin(runner_, config_.flash_attn, config_.max_im2col_bytes, config_.f32_matmul_min_cols);
     ggml_tensor* z = runner_.input(GGML_TYPE_F32, {w, h, c, n}, latents, sizeof(float) * n * c * h * w);
     ggml_tensor* y = decoder(g, z, config_);
     runner_.run({y});
@@ -119,8 +118,7 @@ Nchw Vae::encode(const float* images, int64_t n, int64_t c, int64_t h, int64_t w
                                     std::to_string(in_ch));
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    Graph g{runner_, runner_.begin(), config_.flash_attn, config_.max_im2col_bytes,
-            blocks::resolve_f32_matmul_min_cols(weights_, config_.f32_matmul_min_cols)};
+    Graph g = Graph::begin(runner_, config_.flash_attn, config_.max_im2col_bytes, config_.f32_matmul_min_cols);
     ggml_tensor* x = runner_.input(GGML_TYPE_F32, {w, h, c, n}, images, sizeof(float) * n * c * h * w);
     ggml_tensor* moments = encoder(g, x, config_);
     const int64_t lw = moments->ne[0], lh = moments->ne[1], lc = moments->ne[2] / 2;

@@ -17,12 +17,10 @@ uintptr_t pack(int groups, float eps, bool silu) {
            static_cast<uintptr_t>(groups & 0xFFFF);
 }
 
-// Mean and mean squared deviation of n floats, two passes (no cancellation): 16 float lanes over blocks of 1024
-// values, block sums added in double, so the loops vectorize and long groups keep double-like accuracy.
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-void moments(const float* x, int64_t n, double* mean_out, double* var_out) {
+// Sum of term(x[i]) over n floats: 16 float lanes over blocks of 1024 values, block sums added in double, so the
+// loop vectorizes (inlined into its caller's SIMD clone) and long groups keep double-like accuracy.
+template <typename Term>
+__attribute__((always_inline)) inline double blocked_sum(const float* x, int64_t n, Term term) {
     double total = 0.0;
     for (int64_t b = 0; b < n; b += 1024) {
         const int64_t e = b + 1024 < n ? b + 1024 : n;
@@ -30,39 +28,28 @@ void moments(const float* x, int64_t n, double* mean_out, double* var_out) {
         int64_t i = b;
         for (; i + 16 <= e; i += 16) {
             for (int j = 0; j < 16; j++) {
-                lane[j] += x[i + j];
+                lane[j] += term(x[i + j]);
             }
         }
         for (; i < e; i++) {
-            lane[0] += x[i];
+            lane[0] += term(x[i]);
         }
         for (float v : lane) {
             total += v;
         }
     }
-    const double mean = total / static_cast<double>(n);
+    return total;
+}
+
+// Mean and mean squared deviation of n floats, in two passes (no cancellation).
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void moments(const float* x, int64_t n, double* mean_out, double* var_out) {
+    const double mean = blocked_sum(x, n, [](float v) { return v; }) / static_cast<double>(n);
     const float m = static_cast<float>(mean);
-    double sq = 0.0;
-    for (int64_t b = 0; b < n; b += 1024) {
-        const int64_t e = b + 1024 < n ? b + 1024 : n;
-        float lane[16] = {};
-        int64_t i = b;
-        for (; i + 16 <= e; i += 16) {
-            for (int j = 0; j < 16; j++) {
-                const float d = x[i + j] - m;
-                lane[j] += d * d;
-            }
-        }
-        for (; i < e; i++) {
-            const float d = x[i] - m;
-            lane[0] += d * d;
-        }
-        for (float v : lane) {
-            sq += v;
-        }
-    }
     *mean_out = mean;
-    *var_out = sq / static_cast<double>(n);
+    *var_out = blocked_sum(x, n, [m](float v) { return (v - m) * (v - m); }) / static_cast<double>(n);
 }
 
 // y = (x - mean) * rstd * gamma + beta (then y * sigmoid(y)) over one group's channels, each `plane` floats.

@@ -67,7 +67,8 @@ def _route(source: RawSource, t: RawTensor, hint: str | None):
     for prefix, (comp, layout) in _PREFIXES_LONGEST_FIRST:
         if t.name.startswith(prefix):
             return comp, layout, t.name[len(prefix):]
-    comp = BARE_HEADS.get(t.name.split(".", 1)[0])
+    parts = t.name.split(".", 2)
+    comp = BARE_HEADS.get(".".join(parts[:2])) or BARE_HEADS.get(parts[0])
     if comp is None:
         return None
     # Bare text-model names can't tell which encoder they are; the caller's hint can.

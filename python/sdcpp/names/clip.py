@@ -11,10 +11,21 @@ from .target import Ignore, Target
 _LAYER = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$")
 _IN_PROJ = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$")
 _HF = re.compile(r"^(text_model\.|text_projection\.weight$)")
+# transformers 5 saves CLIPTextModel without its `text_model.` level (CLIPTextModelWithProjection keeps it), and
+# very old transformers did too: those names get the level back.
+_HF_UNNESTED = re.compile(r"^(embeddings|encoder|final_layer_norm)\.")
 
 
 def translate_hf(names) -> dict:
-    return {n: Target(n) if _HF.match(n) else None for n in names}
+    out = {}
+    for n in names:
+        if _HF.match(n):
+            out[n] = Target(n)
+        elif _HF_UNNESTED.match(n):
+            out[n] = Target(f"text_model.{n}")
+        else:
+            out[n] = None
+    return out
 
 
 def translate_openclip(names, *, has_projection: bool, sd2: bool) -> dict:

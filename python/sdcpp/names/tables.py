@@ -27,8 +27,12 @@ PREFIXES: dict[str, tuple[str, str]] = {
     "text_encoder_2.": ("text_encoder_2", "hf_clip"),
 }
 
-# First segment of a name without any prefix (component files, ComfyUI-GGUF UNets) -> component.
+# First segment (or first two, which win) of a name without any prefix (component files, ComfyUI-GGUF UNets)
+# -> component. "encoder.layers" is a text encoder saved without `text_model.` (transformers 5); a VAE's encoder
+# has no `layers`.
 BARE_HEADS: dict[str, str] = {
+    "encoder.layers": "text_encoder", "embeddings": "text_encoder", "final_layer_norm": "text_encoder",
+    "text_projection": "text_encoder",
     "input_blocks": "unet", "middle_block": "unet", "output_blocks": "unet", "time_embed": "unet",
     "label_emb": "unet", "out": "unet", "down_blocks": "unet", "mid_block": "unet", "up_blocks": "unet",
     "conv_in": "unet", "conv_out": "unet", "conv_norm_out": "unet", "time_embedding": "unet",

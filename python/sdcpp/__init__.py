@@ -5,6 +5,7 @@ from .api import inspect, load_weights, quantize
 from .detect import ModelSpec, detect
 from .errors import (
     Cancelled,
+    DestinationError,
     ModelFormatError,
     QuantRequestError,
     ResourceError,
@@ -19,7 +20,7 @@ from .request import QuantRequest
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cancelled", "Model", "ModelFormatError", "ModelSpec", "QuantPlan", "QuantRequest", "QuantRequestError",
-    "ResourceError", "SdcppError", "TensorIndex", "UnsupportedModelError", "detect", "generate", "inspect",
-    "load_weights", "make_plan", "open_model", "quantize",
+    "Cancelled", "DestinationError", "Model", "ModelFormatError", "ModelSpec", "QuantPlan", "QuantRequest",
+    "QuantRequestError", "ResourceError", "SdcppError", "TensorIndex", "UnsupportedModelError", "detect", "generate",
+    "inspect", "load_weights", "make_plan", "open_model", "quantize",
 ]

@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import os
 
+from .destination import check_destination
 from .detect import detect
-from .index import TensorIndex, open_model
+from .index import TensorIndex, model_paths, open_model
 from .plan import QuantPlan, make_plan
 from .report import Inspection
 from .request import QuantRequest
 
 log = logging.getLogger("sdcpp")
+
+
+def _source_paths(model, *components) -> list:
+    return model_paths(model) + [c for c in components if c is not None]
 
 
 def _prepare(model, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None,
@@ -51,6 +56,7 @@ def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2
     renamed into place; on any error or Ctrl-C nothing is left at `dst`."""
     from .quant.gguf_out import write_gguf
 
+    check_destination(dst, _source_paths(src, unet, vae, text_encoder, text_encoder_2))
     index, plan = _prepare(src, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                            prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
                            rules=rules)

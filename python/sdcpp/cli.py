@@ -67,9 +67,15 @@ def _generate(a) -> int:
 
     from PIL import Image
 
+    from .destination import check_destination
     from .pipeline import Model
     from .pipeline.images import save_png
 
+    stem, ext = os.path.splitext(a.output)
+    outputs = [a.output] if a.num_images == 1 else [f"{stem}-{i}{ext or '.png'}" for i in range(a.num_images)]
+    inputs = [p for p in (a.model, a.vae, a.init_image, a.mask) if p]
+    for path in outputs:  # before loading: a typo must not cost a load, or overwrite an input
+        check_destination(path, inputs)
     load = dict(vae=a.vae, type=a.type, unet_type=a.unet_type, te_type=a.te_type, vae_type=a.vae_type)
     model = Model(a.model, n_threads=a.threads, prediction=a.prediction,
                   **{k: v for k, v in load.items() if v is not None})
@@ -78,11 +84,9 @@ def _generate(a) -> int:
                             num_images=a.num_images, rng=a.rng, clip_skip=a.clip_skip, strength=a.strength,
                             init_image=Image.open(a.init_image) if a.init_image else None,
                             mask_image=Image.open(a.mask) if a.mask else None)
-    stem, ext = os.path.splitext(a.output)
-    for i, img in enumerate(images):
-        path = a.output if len(images) == 1 else f"{stem}-{i}{ext or '.png'}"
+    for path, img, info in zip(outputs, images, images.info, strict=True):
         save_png(img, path)
-        print(f"wrote {path} (seed {images.info[i]['seed']})")
+        print(f"wrote {path} (seed {info['seed']})")
     logging.getLogger("sdcpp").info("%s", images.report)
     return 0
 

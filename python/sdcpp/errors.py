@@ -31,6 +31,10 @@ class QuantRequestError(SdcppError, ValueError):
     """A quantization request that cannot be understood (unknown type, bad rule)."""
 
 
+class DestinationError(SdcppError, ValueError):
+    """An output path that would overwrite or sit inside one of the inputs being read."""
+
+
 class Cancelled(SdcppError):
     """A progress callback returned False; the work stopped and nothing partial was kept."""
 

@@ -68,10 +68,15 @@ class TensorIndex:
         self.files.close()
 
 
+def model_paths(model) -> list:
+    """`model` as a list of paths: one path, or a list of them."""
+    return [model] if isinstance(model, (str, os.PathLike)) else list(model)
+
+
 def open_model(model, *, unet=None, vae=None, text_encoder=None, text_encoder_2=None) -> TensorIndex:
     """Read headers of `model` (a path or a list of paths, later ones overriding the components they
     hold) plus optional single-component files, e.g. `vae="sdxl_vae.safetensors"`."""
-    paths = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+    paths = model_paths(model)
     if not paths:
         raise ValueError("no model path given")
     jobs = [(p, None) for p in paths]

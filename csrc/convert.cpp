@@ -113,7 +113,10 @@ int resolve_threads(int n_threads) {
         static const int cores = physical_cores();
         n_threads = cores;
     }
-    return std::max(1, n_threads);
+    // More workers than logical CPUs only slow ggml's spinning threads down, and 10**6 of them would hang
+    // (Python warns before it gets here: sdcpp.checks.threads).
+    static const int logical = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    return std::clamp(n_threads, 1, logical);
 }
 
 void convert_rows(ggml_type src_type, const uint8_t* src, ggml_type dst_type, uint8_t* dst,

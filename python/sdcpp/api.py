@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from . import checks
 from .destination import check_destination
 from .detect import detect
 from .index import TensorIndex, model_paths, open_model
@@ -56,6 +57,7 @@ def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2
     renamed into place; on any error or Ctrl-C nothing is left at `dst`."""
     from .quant.gguf_out import write_gguf
 
+    n_threads = checks.threads(n_threads)
     check_destination(dst, _source_paths(src, unet, vae, text_encoder, text_encoder_2))
     index, plan = _prepare(src, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                            prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
@@ -74,6 +76,7 @@ def load_weights(model, *, device: str = "cpu", n_threads: int = 0, progress=Tru
     """Load every tensor in its planned type into one ggml backend buffer (quantize-on-load)."""
     from .weights import load_planned
 
+    n_threads = checks.threads(n_threads)
     index, plan = _prepare(model, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                            prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
                            rules=rules)

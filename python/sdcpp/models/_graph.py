@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from .. import checks
+
 
 def resolve_flash_attn(weights, flash_attn: bool | None) -> bool:
     """None: ggml's fused attention on the CPU backend, where its tiled kernel beat mul_mat + soft_max (SD1.5 UNet,
     64x64 latents: 7.3 s vs 8.3 s per call) and never builds the score matrix; GPU backends keep mul_mat +
     soft_max until their fused kernels have been checked on a device."""
+    flash_attn = checks.optional_bool("flash_attn", flash_attn)
     if flash_attn is None:
         return weights.device.upper() == "CPU"
-    return bool(flash_attn)
+    return flash_attn
 
 
 class GraphModel:

@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from .. import checks
 from .._native import core
 from ..errors import UnsupportedModelError
 from ._graph import GraphModel
@@ -87,7 +88,8 @@ class TextEncoder(GraphModel):
         if self.hidden_size % self.n_heads:
             raise UnsupportedModelError(f"{component}: {self.n_heads} heads do not divide the hidden size "
                                         f"{self.hidden_size}")
-        self.flash_attn = bool(flash_attn)
+        self.flash_attn = checks.optional_bool("flash_attn", flash_attn) or False
+        n_threads = checks.threads(n_threads)
         self._graph = core().ClipTextModel(weights._store, prefix, self.n_layers, self.n_heads, self.hidden_act,
                                            self.layer_norm_eps, self.flash_attn, n_threads)
 

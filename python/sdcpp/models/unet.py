@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import checks
 from .._native import core
 from ._graph import GraphModel, resolve_flash_attn
 
@@ -79,6 +80,7 @@ class UNet(GraphModel):
         cfg = weights.configs.get("unet") or {}
         self.config = cfg
         self.heads = attention_heads(weights, cfg)
+        n_threads = checks.threads(n_threads)
         self.flash_attn = resolve_flash_attn(weights, flash_attn)
         self._graph = core().UNet(
             weights._store, self.heads, groups=int(cfg.get("norm_num_groups") or 32),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import checks
 from .._native import core
 from ._graph import GraphModel, resolve_flash_attn
 
@@ -35,6 +36,7 @@ class VAE(GraphModel):
         cfg = weights.configs.get("vae") or {}
         self.config = cfg
         self.flash_attn = resolve_flash_attn(weights, flash_attn)
+        n_threads = checks.threads(n_threads)
         self.scaling_factor = float(cfg.get("scaling_factor") or SCALING_FACTORS.get(weights.spec.family, 0.18215))
         self._graph = core().VAE(weights._store, groups=int(cfg.get("norm_num_groups") or 32),
                                  flash_attn=self.flash_attn,

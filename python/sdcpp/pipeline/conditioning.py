@@ -66,6 +66,12 @@ class PromptEncoder:
         self.tokenizers = [ClipTokenizer(OPEN_CLIP_PAD_ID if c == "text_encoder_2" or self.family == "sd2"
                                          else EOS_ID) for c in comps]
 
+    @property
+    def max_clip_skip(self) -> int:
+        """The largest clip_skip that still runs one encoder layer (SDXL already starts from the penultimate)."""
+        depth = min(enc.n_layers for enc in self.encoders)
+        return max(1, depth - 1) if self.family in XL_FAMILIES else depth
+
     def tokens(self, prompt: str, negative: str) -> list[tuple]:
         """Per encoder: (prompt ids [k, 77], prompt weights [k, 77], negative ids, negative weights), folded into
         the encoder's vocabulary."""
@@ -77,7 +83,7 @@ class PromptEncoder:
         return out
 
     def _layer(self, clip_skip: int | None) -> tuple[int, bool]:
-        skip = max(int(clip_skip or 1), 1)
+        skip = clip_skip or 1  # checked against max_clip_skip by Options.resolved
         if self.family in XL_FAMILIES:
             return -1 - skip, False
         return -skip, True

@@ -13,7 +13,7 @@ from ..sampling import CFGDenoiser, Denoiser, sample
 from .conditioning import build_conditioning
 from .denoise import MaskedDenoiser, UNetModel
 from .images import a1111_parameters, to_pil
-from .latents import BatchRNG, image_array, latent_mask, mask_array
+from .latents import BatchRNG, latent_mask, mask_array
 from .memory import check_fits
 from .options import Options
 from .report import GenerationReport, Images, peak_rss, weight_bytes
@@ -23,14 +23,7 @@ log = logging.getLogger("sdcpp")
 
 
 def _noise(o: Options, rng: BatchRNG, shape) -> np.ndarray:
-    if o.latents is None:
-        return rng.randn(shape)
-    noise = np.asarray(o.latents, dtype=np.float32)
-    if noise.ndim == 3:
-        noise = noise[None]
-    if noise.shape != shape:
-        raise ValueError(f"latents must be unit-variance noise of shape {shape}, got {noise.shape}")
-    return noise
+    return rng.randn(shape) if o.latents is None else o.latents  # checked by Options.resolved
 
 
 def _start(model, o: Options, rng: BatchRNG, sigmas: np.ndarray, report: GenerationReport):
@@ -43,12 +36,11 @@ def _start(model, o: Options, rng: BatchRNG, sigmas: np.ndarray, report: Generat
     init = None
     image = None
     pure_noise = o.init_image is None or (inpaint_unet and o.mask_image is not None and o.strength >= 1.0)
-    if o.init_image is not None:
-        given = np.asarray(o.init_image) if isinstance(o.init_image, np.ndarray) else None
-        if given is not None and given.ndim == 4 and given.shape[1] == 4:  # latents already (diffusers' rule)
-            init = np.repeat(given.astype(np.float32), B // given.shape[0], axis=0)
+    if o.init_image is not None:  # Options.resolved made it [B, 4, h, w] latents or a [1, 3, H, W] image
+        if o.init_image.shape[1] == 4:
+            init = o.init_image
         else:
-            image = image_array(o.init_image, o.width, o.height)
+            image = o.init_image
             if not pure_noise:
                 with report.timed("encode_image"):
                     init = vae.encode(np.repeat(image, B, axis=0), rng.randn(shape)) * np.float32(vae.scaling_factor)
@@ -114,7 +106,7 @@ def _blocked_attention(model) -> bool:
 
 
 def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
-    o = o.resolved(model.default_size, model.vae_factor)
+    o = o.resolved(model.default_size, model.vae_factor, model.prompt_encoder.max_clip_skip)
     check_fits(model.weights, width=o.width, height=o.height, batch=o.num_images, cfg=o.guidance_scale != 1.0,
                factor=model.vae_factor, flash_attn=model.flash_attn or _blocked_attention(model))
     spec = model.weights.spec

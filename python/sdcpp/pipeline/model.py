@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+from .. import checks
 from ..models.unet import UNet
 from ..models.vae import VAE
 from ..sampling import TrainSchedule
@@ -47,6 +48,8 @@ class Model:
         unknown = set(quant_request) - set(LOAD_OPTIONS)
         if unknown:
             raise TypeError(f"Model() got unexpected arguments: {', '.join(sorted(unknown))}")
+        n_threads = checks.threads(n_threads)
+        flash_attn = checks.optional_bool("flash_attn", flash_attn)
         start = time.perf_counter()
         self.weights = load_weights(path, device=device, n_threads=n_threads, progress=progress,
                                     prediction=prediction, **quant_request)
@@ -100,6 +103,9 @@ class Model:
         unknown = set(options) - Options.names()
         if unknown:
             raise TypeError(f"generate() got unexpected arguments: {', '.join(sorted(unknown))}")
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(text, str):
+                raise TypeError(f"{name} must be a string, got {type(text).__name__}")
         opts = Options(**options)
         with self._lock:
             return run(self, prompt, negative_prompt, opts)

@@ -19,6 +19,7 @@ CHUNK_TOKENS = 75  # prompt tokens per chunk
 CHUNK_LENGTH = CHUNK_TOKENS + 2  # plus BOS and EOS: one CLIP forward pass
 COMMA_BACKTRACK = 20  # A1111 option comma_padding_backtrack (default 20); 0 disables
 
+_MAX_WEIGHT = float(np.finfo(np.float32).max)
 _UP = 1.1  # "(x)"
 _DOWN = 1 / 1.1  # "[x]"
 
@@ -140,6 +141,10 @@ def tokenize_prompt(
     current chunk, even an empty one. emphasis=False treats the whole prompt as plain text, weight 1.
     """
     parsed = parse_prompt_attention(prompt) if emphasis else [(prompt, 1.0)]
+    for text, weight in parsed:
+        if text and not abs(weight) <= _MAX_WEIGHT:  # "(" * 5000 is 1.1**5000: inf, then NaN images
+            raise ValueError(f"prompt emphasis weight {weight:g} of {text.strip()[:40]!r} is not a finite float32 "
+                             "(too many nested brackets?)")
     comma = tokenizer.vocab[",</w>"]
     pad = tokenizer.pad_id
     encoded = tokenizer.encode_batch([text for text, _ in parsed])

@@ -86,12 +86,13 @@ class Model:
             heun, dpm2, dpm++_2m, dpm++_2s_a, lcm, ddim; schedule: discrete (default), karras, exponential,
             ays, lcm; timestep_spacing: leading (default), trailing, linspace. Each sampler walks the table of
             its diffusers scheduler (Euler*, DPMSolver*, DDIM).
-        seed: None draws one (reported in .info and .report); image i uses seed + i. rng: "numpy" (default),
+        seed: None or -1 draws one (reported in .info and .report); image i uses seed + i. rng: "numpy" (default),
             "philox" (A1111 / stable-diffusion.cpp GPU noise), "cpu" (torch CPU noise, as diffusers on CPU).
         latents: the start noise [num_images, 4, h, w] at unit variance (scaled by the first sigma here).
         num_images, clip_skip (A1111: 1 = last layer, 2 = penultimate), eta (ancestral samplers, DDIM).
-        init_image (PIL image, [1, 3, H, W] in [-1, 1], or scaled latents [B, 4, h, w]) with strength (0.75):
-            img2img as diffusers (the last int(steps * strength) steps run). mask_image (white = repaint):
+        init_image (PIL image, path, [1, 3, H, W] in [-1, 1], or scaled latents [1 or B, 4, h, w]) with strength
+            (0.75): img2img as diffusers (the last int(steps * strength) steps run). mask_image (PIL image or path,
+            white = repaint; or an [H, W] array: bool, 0..255 integers or 0..1 floats, resized like an image):
             inpainting; 9-channel UNets get mask + masked-image latents, others keep the init latent outside
             the mask at every step.
         SDXL: original_size, crops_coords_top_left, target_size ((height, width) pairs); refiner:

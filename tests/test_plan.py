@@ -5,21 +5,14 @@ sdcpp exists to rule out)."""
 import pytest
 
 import sdcpp
-from sdcpp.detect import detect
-from sdcpp.index import open_model
-from sdcpp.plan import K_FALLBACK, make_plan
-from sdcpp.request import QuantRequest
+from sdcpp.plan import K_FALLBACK
 
 FORMS = ("single.safetensors", "sdcpp_convert.gguf", "diffusers")
 TYPES = ("q8_0", "q4_0", "q4_K", "f16")
 
 
 def plan_for(path, **request):
-    index = open_model(path)
-    try:
-        return make_plan(index, detect(index), QuantRequest.make(**request))
-    finally:
-        index.close()
+    return sdcpp.inspect(path, **request).plan
 
 
 def expected_matrix_type(entry, requested):

@@ -6,6 +6,8 @@ import logging
 import os
 
 from . import checks
+from .config.model_config import model_config
+from .config.shapes import Shapes
 from .destination import check_destination
 from .detect import detect
 from .index import TensorIndex, model_paths, open_model
@@ -20,12 +22,16 @@ def _source_paths(model, *components) -> list:
     return model_paths(model) + [c for c in components if c is not None]
 
 
-def _prepare(model, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None,
+def _prepare(model, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None, strict=False,
              **request) -> tuple[TensorIndex, QuantPlan]:
+    """strict: refuse (before any weight is read) components whose shapes contradict each other."""
     req = QuantRequest.make(**request)  # validate the request before touching any file
     index = open_model(model, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
     try:
-        plan = make_plan(index, detect(index, prediction), req)
+        spec = detect(index, prediction)
+        plan = make_plan(index, model_config(Shapes.of_index(index), index.configs, spec), req)
+        if strict:
+            plan.config.check()
     except BaseException:
         index.close()
         raise
@@ -60,8 +66,8 @@ def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2
     n_threads = checks.threads(n_threads)
     check_destination(dst, _source_paths(src, unet, vae, text_encoder, text_encoder_2))
     index, plan = _prepare(src, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                           prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
-                           rules=rules)
+                           prediction=prediction, strict=True, type=type, unet_type=unet_type, te_type=te_type,
+                           vae_type=vae_type, rules=rules)
     try:
         write_gguf(dst, index, plan, n_threads=n_threads, progress=progress)
     finally:
@@ -72,14 +78,17 @@ def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2
 
 def load_weights(model, *, device: str = "cpu", n_threads: int = 0, progress=True, unet=None, vae=None,
                  text_encoder=None, text_encoder_2=None, prediction=None, type=None, unet_type=None,
-                 te_type=None, vae_type=None, rules=None):
-    """Load every tensor in its planned type into one ggml backend buffer (quantize-on-load)."""
+                 te_type=None, vae_type=None, rules=None, strict: bool = False):
+    """Load every tensor in its planned type into one ggml backend buffer (quantize-on-load).
+
+    strict: refuse a model whose tensors contradict each other (ModelFormatError naming the tensor and both
+    shapes) before reading any weight, as sdcpp.Model does; otherwise such a component loads but cannot run."""
     from .weights import load_planned
 
     n_threads = checks.threads(n_threads)
     index, plan = _prepare(model, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                           prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
-                           rules=rules)
+                           prediction=prediction, strict=strict, type=type, unet_type=unet_type, te_type=te_type,
+                           vae_type=vae_type, rules=rules)
     try:
         return load_planned(index, plan, device=device, n_threads=n_threads, progress=progress)
     finally:

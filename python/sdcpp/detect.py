@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config.families import FAMILIES
 from .errors import ModelFormatError, UnsupportedModelError
 from .index import TensorIndex
 
@@ -98,8 +99,8 @@ def detect(index: TensorIndex, prediction: str | None = None) -> ModelSpec:
             except ValueError as e:  # the file's word, not the user's: a format error naming the file
                 path, _, key = why.partition(": ")
                 raise ModelFormatError(path, f"{key} declares {e}", rule="prediction") from None
-        elif family == "sd2":
-            pred, why = "v_prediction", "default for SD 2.x (768-v); pass prediction='epsilon' for 512-base"
+        elif family in FAMILIES:
+            pred, why = FAMILIES[family].prediction, FAMILIES[family].prediction_reason
         else:
             pred, why = "epsilon", "default"
     return ModelSpec(family, variant, pred, why, tuple(index.components()), in_ch, context)

@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import ggml_types
+from .config.model_config import ModelConfig
 from .detect import ModelSpec
 from .index import TensorIndex
 from .names.canonicalize import CanonicalTensor
@@ -24,7 +25,6 @@ SENSITIVE = re.compile(r"^unet\.(conv_in|conv_out|time_embedding|add_embedding)\
 SENSITIVE_REASON = "precision-sensitive layer (input/output conv, timestep or position embedding) kept f16"
 # Rows that don't fit a K-quant's 256-element block fall back to the 32-block type of nearest bits.
 K_FALLBACK = {"q2_K": "q4_0", "q3_K": "q4_0", "q4_K": "q4_0", "q5_K": "q5_0", "q6_K": "q8_0"}
-SDXL_FAMILIES = ("sdxl", "sdxl_refiner")
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,13 @@ class PlanEntry:
 @dataclass(frozen=True)
 class QuantPlan:
     entries: dict[str, PlanEntry]
-    spec: ModelSpec
+    config: ModelConfig
     request: QuantRequest
     policy_version: int = POLICY_VERSION
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.config.spec
 
     def __iter__(self):
         return iter(self.entries.values())
@@ -93,7 +97,7 @@ def _fit_blocks(t: CanonicalTensor, wanted: str) -> tuple[str, str | None]:
     return chosen, "; ".join(reasons) or None
 
 
-def decide(t: CanonicalTensor, spec: ModelSpec, request: QuantRequest) -> tuple[str | None, str, str | None]:
+def decide(t: CanonicalTensor, config: ModelConfig, request: QuantRequest) -> tuple[str | None, str, str | None]:
     """(requested, chosen, reason) for one tensor; reason is None exactly when chosen is what was asked
     (or, with no request, the stored type)."""
     rule = request.rule_for(t.name)
@@ -106,7 +110,7 @@ def decide(t: CanonicalTensor, spec: ModelSpec, request: QuantRequest) -> tuple[
 
     if len(t.shape) <= 1:
         return fixed("f32", "1-D tensor (bias, norm or scalar) kept f32")
-    if t.component == "vae" and spec.family in SDXL_FAMILIES and origin in (None, "type"):
+    if t.component == "vae" and config.family and config.family.vae_keeps_f32 and origin in (None, "type"):
         return fixed("f32", "SDXL VAE kept f32 (its decoder activations overflow f16); set vae_type to change")
     if requested is None or requested == keep or not ggml_types.get(requested).is_quantized:
         return requested, asked, None
@@ -118,12 +122,12 @@ def decide(t: CanonicalTensor, spec: ModelSpec, request: QuantRequest) -> tuple[
     return requested, chosen, why
 
 
-def make_plan(index: TensorIndex, spec: ModelSpec, request: QuantRequest) -> QuantPlan:
+def make_plan(index: TensorIndex, config: ModelConfig, request: QuantRequest) -> QuantPlan:
     entries = {}
     for t in sorted(index, key=lambda t: t.name):
-        requested, chosen, reason = decide(t, spec, request)
+        requested, chosen, reason = decide(t, config, request)
         rows, n = t.rows
         before = t.numel * 8 if t.dtype == "f64" else ggml_types.get(t.dtype).nbytes(t.numel)
         entries[t.name] = PlanEntry(t.name, t.component, t.shape, (rows, n), t.dtype, requested, chosen,
                                     reason, before, rows * ggml_types.get(chosen).row_bytes(n))
-    return QuantPlan(entries, spec, request)
+    return QuantPlan(entries, config, request)

@@ -65,6 +65,7 @@ class Inspection:
             ignored=[dict(file=f, name=n, reason=r) for f, n, r in self.ignored],
             unknown=[dict(file=f, name=n) for f, n in self.unknown],
             overridden=[dict(component=c, replaced=a, by=b) for c, a, b in self.overridden],
+            problems={c: str(e) for c, e in self.plan.config.problems.items()},
         )
 
     def __str__(self) -> str:
@@ -95,6 +96,8 @@ class Inspection:
         if self.ignored:
             reasons = Counter(r for _, _, r in self.ignored)
             lines += ["", f"ignored ({len(self.ignored)}): " + "; ".join(f"{r} ×{n}" for r, n in reasons.items())]
+        for comp, err in self.plan.config.problems.items():
+            lines += ["", f"{comp} CANNOT RUN: {err}"]
         if self.unknown:
             lines += ["", f"UNKNOWN tensors, not loaded ({len(self.unknown)}):"]
             lines += [f"  {n}" for _, n in self.unknown[:20]]

@@ -52,7 +52,7 @@ class Model:
         flash_attn = checks.optional_bool("flash_attn", flash_attn)
         start = time.perf_counter()
         self.weights = load_weights(path, device=device, n_threads=n_threads, progress=progress,
-                                    prediction=prediction, **quant_request)
+                                    prediction=prediction, strict=True, **quant_request)
         spec = self.weights.spec
         if not spec.family:
             raise ValueError(f"{path}: no UNet in this model (components: {', '.join(spec.components)})")

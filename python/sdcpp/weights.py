@@ -12,7 +12,7 @@ from ._native import core
 from .detect import ModelSpec
 from .plan import PlanEntry, QuantPlan
 from .progress import track
-from .quant.materialize import planned_bytes
+from .quant.materialize import stream_planned
 
 log = logging.getLogger("sdcpp")
 
@@ -75,6 +75,6 @@ def load_planned(index, plan: QuantPlan, device: str = "cpu", n_threads: int = 0
         store.add(e.name, e.type, stored_ne(e))
     store.allocate()
     log.info("allocated %.1f MiB of weights on %s", store.buffer_size() / 2**20, store.device())
-    for e in track(plan, len(plan), "loading weights", progress):
-        store.set(e.name, planned_bytes(index.files, index[e.name], e, n_threads))
+    for e, data in track(stream_planned(index, plan, n_threads), len(plan), "loading weights", progress):
+        store.set(e.name, data)  # copies: the source pages of `data` may be released after this
     return Weights(store, plan, index.configs)

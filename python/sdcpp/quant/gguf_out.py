@@ -13,7 +13,7 @@ from .. import ggml_types
 from ..index import CONFIG_KEY
 from ..plan import POLICY_VERSION, QuantPlan
 from ..progress import track
-from .materialize import planned_bytes
+from .materialize import stream_planned
 
 ARCHITECTURE = "sdcpp"
 FORMAT_VERSION = 1
@@ -65,8 +65,8 @@ def write_gguf(dst, index, plan: QuantPlan, n_threads: int = 0, progress=True):
         w.write_header_to_file(tmp)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for e in track(plan, len(plan), "quantizing", progress):
-            w.write_tensor_data(planned_bytes(index.files, index[e.name], e, n_threads))
+        for _, data in track(stream_planned(index, plan, n_threads), len(plan), "quantizing", progress):
+            w.write_tensor_data(data)  # written at once: the source pages may be released after this
         w.close()
         os.replace(tmp, dst)
     except BaseException:

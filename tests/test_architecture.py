@@ -107,7 +107,7 @@ def test_contradicting_shapes_are_refused_at_load(fixtures_dir, tmp_path, case, 
     def no_reads(*a, **k):
         raise AssertionError("a weight was read before the architecture was checked")
 
-    monkeypatch.setattr("sdcpp.weights.planned_bytes", no_reads)
+    monkeypatch.setattr("sdcpp.weights.stream_planned", no_reads)
     owner = "unet" if case == "latents" else component
     with pytest.raises(sdcpp.ModelFormatError, match=message) as err:
         sdcpp.Model(folder, progress=False)

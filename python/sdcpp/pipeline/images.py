@@ -8,11 +8,9 @@ import secrets
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-# A1111's names for sampler settings in its "parameters" text (what image browsers parse).
-A1111_SAMPLER_NAMES = {
-    "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpm2": "DPM2", "dpm++_2m": "DPM++ 2M",
-    "dpm++_2s_a": "DPM++ 2S a", "lcm": "LCM", "ddim": "DDIM",
-}
+from ..sampling import SAMPLERS
+
+# A1111's names for schedule settings in its "parameters" text (what image browsers parse); samplers carry theirs.
 A1111_SCHEDULE_NAMES = {"karras": "Karras", "exponential": "Exponential", "ays": "Align Your Steps"}
 
 
@@ -44,7 +42,7 @@ def a1111_parameters(prompt: str, negative_prompt: str, *, steps: int, sampler: 
                      guidance_scale: float, seed: int, width: int, height: int, model: str,
                      extra: dict | None = None) -> str:
     """The "parameters" text A1111 stores in PNGs: prompt, negative line, then `key: value` pairs."""
-    name = A1111_SAMPLER_NAMES.get(sampler, sampler)
+    name = SAMPLERS[sampler].a1111 if sampler in SAMPLERS else sampler
     fields = {"Steps": steps, "Sampler": name}
     if schedule in A1111_SCHEDULE_NAMES:
         fields["Schedule type"] = A1111_SCHEDULE_NAMES[schedule]

@@ -12,7 +12,7 @@
 
 from .denoiser import PREDICTIONS, CFGDenoiser, Denoiser
 from .rng import NumpyRNG, PhiloxRNG, TorchCpuRNG, make_rng
-from .samplers import ETA_DEFAULTS, NOISY, SAMPLERS, Sampled, ancestral_step, sample
+from .samplers import SAMPLERS, Sampled, Sampler, ancestral_step, get_sampler, sample
 from .schedules import (
     AYS_TIMESTEPS,
     KINDS,
@@ -31,8 +31,8 @@ from .schedules import (
 )
 
 __all__ = [
-    "AYS_TIMESTEPS", "ETA_DEFAULTS", "KINDS", "NOISY", "PREDICTIONS", "SAMPLERS", "SPACINGS", "STYLES",
-    "CFGDenoiser", "Denoiser", "NumpyRNG", "PhiloxRNG", "Sampled", "StepTable", "TorchCpuRNG", "TrainSchedule",
-    "ancestral_step", "ays_sigmas", "diffusers_init_noise_sigma", "exponential_sigmas", "karras_sigmas",
+    "AYS_TIMESTEPS", "KINDS", "PREDICTIONS", "SAMPLERS", "SPACINGS", "STYLES", "CFGDenoiser", "Denoiser",
+    "NumpyRNG", "PhiloxRNG", "Sampled", "Sampler", "StepTable", "TorchCpuRNG", "TrainSchedule", "ancestral_step",
+    "ays_sigmas", "diffusers_init_noise_sigma", "exponential_sigmas", "get_sampler", "karras_sigmas",
     "lcm_timesteps", "make_rng", "sample", "scaled_linear_alphas_cumprod", "spaced_timesteps", "step_table",
 ]

@@ -18,6 +18,7 @@ also the order diffusers' schedulers draw in.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,30 +209,48 @@ def sample_lcm(denoiser, x, sigmas, *, rng=None, callback=None) -> Sampled:
     return Sampled(x, total)
 
 
-SAMPLERS = {
-    "euler": sample_euler,
-    "euler_a": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpm2": sample_dpm2,
-    "dpm++_2m": sample_dpmpp_2m,
-    "dpm++_2s_a": sample_dpmpp_2s_ancestral,
-    "lcm": sample_lcm,
-    "ddim": sample_ddim,
-}
-NOISY = frozenset({"euler_a", "dpm++_2s_a", "lcm", "ddim"})  # take rng (ddim uses it only when eta > 0)
-ETA_DEFAULTS = {"euler_a": 1.0, "dpm++_2s_a": 1.0, "ddim": 0.0}
+@dataclass(frozen=True)
+class Sampler:
+    """Everything a sampler name stands for: its function and how the pipeline must drive it."""
+
+    name: str
+    fn: Callable[..., Sampled]
+    style: str  # the diffusers scheduler family whose sigma table it walks (schedules.STYLES)
+    final: str  # where the table ends: "zero", or "sigma_min" (the smallest training sigma, DDIM)
+    noisy: bool  # takes an rng (ddim uses it only when eta > 0)
+    eta: float | None  # default eta; None: the sampler has no eta
+    a1111: str  # A1111's name, written to the PNG "parameters" text
+
+
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
+    Sampler("euler", sample_euler, "euler", "zero", False, None, "Euler"),
+    Sampler("euler_a", sample_euler_ancestral, "euler", "zero", True, 1.0, "Euler a"),
+    Sampler("heun", sample_heun, "euler", "zero", False, None, "Heun"),
+    Sampler("dpm2", sample_dpm2, "euler", "zero", False, None, "DPM2"),
+    Sampler("dpm++_2m", sample_dpmpp_2m, "dpmsolver", "zero", False, None, "DPM++ 2M"),
+    Sampler("dpm++_2s_a", sample_dpmpp_2s_ancestral, "dpmsolver", "zero", True, 1.0, "DPM++ 2S a"),
+    Sampler("lcm", sample_lcm, "euler", "zero", True, None, "LCM"),
+    Sampler("ddim", sample_ddim, "ddim", "sigma_min", True, 0.0, "DDIM"),
+)}
+
+
+def get_sampler(name: str) -> Sampler:
+    """The record of a sampler name; the one place names are validated."""
+    record = SAMPLERS.get(name) if isinstance(name, str) else None
+    if record is None:
+        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
+    return record
 
 
 def sample(name: str, denoiser, x, sigmas, *, rng=None, eta: float | None = None, callback=None) -> Sampled:
     """Run sampler `name` (a key of SAMPLERS) on a float32 copy of x.
 
-    eta: None for the sampler's default (ETA_DEFAULTS); ignored by samplers without an eta.
+    eta: None for the sampler's default (Sampler.eta); ignored by samplers without an eta.
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
+    record = get_sampler(name)
     kwargs = {"callback": callback}
-    if name in NOISY:
+    if record.noisy:
         kwargs["rng"] = rng
-    if name in ETA_DEFAULTS and eta is not None:
+    if record.eta is not None and eta is not None:
         kwargs["eta"] = eta
-    return SAMPLERS[name](denoiser, np.asarray(x, dtype=np.float32), sigmas, **kwargs)
+    return record.fn(denoiser, np.asarray(x, dtype=np.float32), sigmas, **kwargs)

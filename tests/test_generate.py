@@ -415,9 +415,11 @@ def test_random_seed_is_reported_and_defaults_come_from_the_family(models):
     r = model.generate(PROMPT, width=16, height=16, steps=1, progress=False)
     assert 0 <= r.report.seed < 2**32 and f"Seed: {r.report.seed}" in r[0].info["parameters"]
     assert model.default_size == 16  # diffusers: the config's sample_size (8) x the VAE factor (2)
-    from sdcpp.pipeline.options import default_size
-    assert default_size(models("sdxl").spec, {}, 8) == 1024 and default_size(model.spec, {}, 8) == 512
-    assert default_size(models("sd2").spec, {}, 8) == 768
+    # Without a UNet config (single files) the family's size, in latents of the VAE's factor.
+    assert models("sd1", "single.safetensors").default_size == 512
+    assert models("sd2", "single.safetensors").default_size == 768  # v-prediction (SD2's default without a config)
+    from sdcpp.config.families import FAMILIES
+    assert FAMILIES["sdxl"].size_for("epsilon") == 1024 and FAMILIES["sd2"].size_for("epsilon") == 512
     with pytest.raises(TypeError, match="stepz"):
         model.generate(PROMPT, stepz=3)
     with pytest.raises(ValueError, match="multiple of 2"):

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import ggml_types
 from ._native import core
+from .config.model_config import ModelConfig
 from .detect import ModelSpec
 from .plan import PlanEntry, QuantPlan
 from .progress import track
@@ -34,6 +35,11 @@ class Weights:
     @property
     def spec(self) -> ModelSpec:
         return self.plan.spec
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's architecture and family facts, computed once at load (sdcpp.config)."""
+        return self.plan.config
 
     @property
     def device(self) -> str:

@@ -22,6 +22,7 @@ U = "unet"
 class UNetArch:
     in_channels: int
     out_channels: int
+    base_channels: int  # conv_in's output: the widest full-resolution activation
     block_channels: tuple[int, ...]  # output channels of each down block
     attention: tuple[bool, ...]  # whether each down block has transformer blocks
     context_dim: int  # input width of every cross-attention key/value (0: no attention at all)
@@ -38,6 +39,8 @@ class VaeArch:
     latent_channels: int
     factor: int  # pixels per latent: 2 ** decoder upsamplers
     has_encoder: bool
+    decoder_out_channels: int  # channels at full resolution, into the decoder's conv_out
+    mid_attention: bool  # the decoder's mid block has attention (over every latent pixel)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def unet_arch(s: Shapes, *, heads: list[int], groups: int, context_dim: int | No
     if len(conv_in) not in (2, 4):
         s.fail(f"{U}.conv_in.weight", f"has shape {list(conv_in)}, expected a 3x3 conv kernel")
     in_ch = conv_in[1] if len(conv_in) == 4 else conv_in[1] // 9
-    h = s.conv(f"{U}.conv_in", in_ch, None, 3, "the UNet's input conv")
+    h = base = s.conv(f"{U}.conv_in", in_ch, None, 3, "the UNet's input conv")
     t_in, temb = s.linear(f"{U}.time_embedding.linear_1", None, None, "timestep embedding")
     s.linear(f"{U}.time_embedding.linear_2", temb, temb, f"timestep embedding is {temb} wide")
     adm = 0
@@ -167,12 +170,12 @@ def unet_arch(s: Shapes, *, heads: list[int], groups: int, context_dim: int | No
             s.conv(b + ".upsamplers.0.conv", h, h, 3, f"upsampling keeps {h} channels")
     s.norm(f"{U}.conv_norm_out", h, f"the last up block gives {h} channels", groups)
     out_ch = s.conv(f"{U}.conv_out", h, None, 3, f"the last up block gives {h} channels")
-    return UNetArch(in_ch, out_ch, tuple(channels), tuple(attention), context or 0, temb, adm)
+    return UNetArch(in_ch, out_ch, base, tuple(channels), tuple(attention), context or 0, temb, adm)
 
 
 # --- VAE -----------------------------------------------------------------------------------------------------------
 
-def _vae_mid(s: Shapes, p: str, h: int, groups: int):
+def _vae_mid(s: Shapes, p: str, h: int, groups: int) -> int:
     h = _resnet(s, p + ".resnets.0", h, None, groups)
     for i in range(_count(s, p + ".attentions.{}.to_q.weight")):
         a = f"{p}.attentions.{i}"
@@ -190,6 +193,7 @@ def vae_arch(s: Shapes, *, groups: int) -> VaeArch:
         latent = s.out_channels("vae.post_quant_conv")
         s.conv("vae.post_quant_conv", latent, latent, 1, f"{latent} latent channels")
     h = s.conv(dec + ".conv_in", latent, None, 3, f"{latent} latent channels")
+    mid_attention = s.has(dec + ".mid_block.attentions.0.to_q.weight")
     h = _vae_mid(s, dec + ".mid_block", h, groups)
     ups = 0
     for i in range(_count(s, dec + ".up_blocks.{}.resnets.0.conv1.weight")):
@@ -201,6 +205,7 @@ def vae_arch(s: Shapes, *, groups: int) -> VaeArch:
             ups += 1
     s.norm(dec + ".conv_norm_out", h, f"the decoder's last block gives {h} channels", groups)
     s.conv(dec + ".conv_out", h, 3, 3, "the decoder's RGB output")
+    full_res = h
 
     enc = "vae.encoder"
     has_encoder = s.has(enc + ".conv_in.weight")
@@ -217,7 +222,7 @@ def vae_arch(s: Shapes, *, groups: int) -> VaeArch:
         s.conv(enc + ".conv_out", h, 2 * latent, 3, f"mean and log-variance of {latent} latent channels")
         if s.has("vae.quant_conv.weight"):
             s.conv("vae.quant_conv", 2 * latent, 2 * latent, 1, f"mean and log-variance of {latent} channels")
-    return VaeArch(latent, 2**ups, has_encoder)
+    return VaeArch(latent, 2**ups, has_encoder, full_res, mid_attention)
 
 
 # --- text encoders -------------------------------------------------------------------------------------------------

@@ -66,6 +66,15 @@ class ModelConfig:
     # quantize() and by anything that runs them (sdcpp.Model, the graph wrappers).
     problems: dict[str, ModelFormatError] = field(default_factory=dict)
 
+    def component(self, name: str):
+        """The config of a component that can run: raises its recorded ModelFormatError, or ValueError when the
+        model holds no such component."""
+        self.check([name])
+        found = self.text_encoders.get(name) if name in TEXT_ENCODERS else getattr(self, name, None)
+        if found is None:
+            raise ValueError(f"the model holds no {name} (components: {', '.join(self.spec.components) or 'none'})")
+        return found
+
     def check(self, components=None) -> None:
         """Raise the ModelFormatError of the first listed (default: every) component that cannot run."""
         for comp in components or self.problems:

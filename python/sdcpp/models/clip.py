@@ -7,38 +7,23 @@
 
 The architecture comes from the stored shapes (hidden size, layers, vocabulary, positions, projection); what
 shapes cannot tell (heads, activation, LayerNorm eps) from the component's config where the source had one
-(diffusers folder, sdcpp GGUF), else from the family: 64-wide heads, quick_gelu for OpenAI's CLIP-L, exact
-(erf) gelu for OpenCLIP (SD2's encoder and every text_encoder_2), eps 1e-5.
+(diffusers folder, sdcpp GGUF), else from the family table (sdcpp.config.families): 64-wide heads, quick_gelu
+for OpenAI's CLIP-L, exact (erf) gelu for OpenCLIP (SD2's encoder and every text_encoder_2), eps 1e-5.
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 
 from .. import checks
 from .._native import core
+from ..config.model_config import ACTIVATIONS, TEXT_ENCODERS
 from ..errors import UnsupportedModelError
 from ._graph import GraphModel
 
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-ACTIVATIONS = ("quick_gelu", "gelu")
-HEAD_DIM = 64  # every released CLIP/OpenCLIP text tower: 768/12, 1024/16, 1280/20
 # softmax(QK^T)V and ggml_flash_attn_ext were within noise of each other on this CPU at 77 tokens (attention is
 # ~2% of the FLOPs there); the plain path also runs with f32 K/V on every ggml backend.
 DEFAULT_FLASH_ATTN = False
-
-_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
-
-
-def default_activation(component: str, family: str, hidden_size: int) -> str:
-    """OpenAI CLIP-L uses quick_gelu; OpenCLIP towers (SD2's encoder, SDXL's bigG) use exact gelu."""
-    if component == "text_encoder_2" or family == "sd2":
-        return "gelu"
-    if not family and hidden_size == 1024:  # a lone text encoder file: ViT-H is the only 1024-wide one
-        return "gelu"
-    return "quick_gelu"
 
 
 class TextEncoder(GraphModel):
@@ -53,38 +38,23 @@ class TextEncoder(GraphModel):
                  flash_attn: bool = DEFAULT_FLASH_ATTN, n_threads: int = 0):
         if component not in TEXT_ENCODERS:
             raise ValueError(f"component must be one of {TEXT_ENCODERS}, got {component!r}")
+        try:
+            config = weights.config.component(component)  # shapes, heads, activation, eps: sdcpp.config
+        except ValueError as e:
+            raise UnsupportedModelError(str(e)) from None
         prefix = component + "."
-        names = [n for n in weights.names() if n.startswith(prefix)]
-        if not names:
-            raise UnsupportedModelError(f"the model holds no {component} (components: "
-                                        f"{', '.join(weights.spec.components) or 'none'})")
         self.weights = weights
         self.component = component
-        self._names = frozenset(names)
-
-        def shape(leaf):
-            name = prefix + leaf
-            if name not in weights:
-                raise UnsupportedModelError(f"{component}: weight '{name}' is missing")
-            return tuple(weights.plan[name].shape)
-
-        self.vocab_size, self.hidden_size = shape("text_model.embeddings.token_embedding.weight")
-        self.max_positions = shape("text_model.embeddings.position_embedding.weight")[0]
-        layers = {int(m.group(1)) for n in names if (m := _LAYER.match(n[len(prefix):]))}
-        self.n_layers = max(layers) + 1 if layers else 0
-        if layers != set(range(self.n_layers)) or not layers:
-            raise UnsupportedModelError(f"{component}: encoder layers {sorted(layers)} are not 0..N-1")
-        proj = prefix + "text_projection.weight"
-        self.projection_dim = weights.plan[proj].shape[0] if proj in weights else 0
-
-        cfg = weights.configs.get(component) or {}
-        family = weights.spec.family
-        self.n_heads = int(n_heads or cfg.get("num_attention_heads") or max(self.hidden_size // HEAD_DIM, 1))
-        self.hidden_act = hidden_act or cfg.get("hidden_act") or default_activation(component, family,
-                                                                                   self.hidden_size)
+        self.config = config
+        self._names = frozenset(n for n in weights.names() if n.startswith(prefix))
+        arch = config.arch
+        self.vocab_size, self.hidden_size, self.max_positions = arch.vocab_size, arch.hidden_size, arch.max_positions
+        self.n_layers, self.projection_dim = arch.n_layers, arch.projection_dim
+        self.n_heads = int(n_heads or config.heads)
+        self.hidden_act = hidden_act or config.activation
         if self.hidden_act not in ACTIVATIONS:
             raise UnsupportedModelError(f"{component}: activation {self.hidden_act!r} is not one of {ACTIVATIONS}")
-        self.layer_norm_eps = float(layer_norm_eps or cfg.get("layer_norm_eps") or 1e-5)
+        self.layer_norm_eps = float(layer_norm_eps or config.layer_norm_eps)
         if self.hidden_size % self.n_heads:
             raise UnsupportedModelError(f"{component}: {self.n_heads} heads do not divide the hidden size "
                                         f"{self.hidden_size}")

@@ -8,51 +8,6 @@ from .. import checks
 from .._native import core
 from ._graph import GraphModel, resolve_flash_attn
 
-# Heads when the weights carry no UNet config: SD1 uses 8 heads everywhere, SD2/SDXL 64-wide heads.
-SD1_HEADS = 8
-HEAD_DIM = 64
-SDXL_TIME_EMBED_DIM = 256
-
-
-def _down_channels(weights) -> list[int]:
-    out = []
-    while f"unet.down_blocks.{len(out)}.resnets.0.conv1.weight" in weights:
-        out.append(weights.plan[f"unet.down_blocks.{len(out)}.resnets.0.conv1.weight"].shape[0])
-    return out
-
-
-def attention_heads(weights, config: dict) -> list[int]:
-    """Heads per down block. diffusers configs of SD models store the head *count* in `attention_head_dim`
-    (diffusers reads `num_attention_heads or attention_head_dim`)."""
-    channels = _down_channels(weights)
-    heads = config.get("num_attention_heads") or config.get("attention_head_dim")
-    if heads is None:
-        if weights.spec.family == "sd1":
-            heads = SD1_HEADS
-        else:
-            heads = [max(1, c // HEAD_DIM) for c in channels]
-    if isinstance(heads, int):
-        heads = [heads] * len(channels)
-    heads = [int(h) for h in heads]
-    if len(heads) < len(channels):
-        raise ValueError(f"UNet config gives heads for {len(heads)} blocks, the weights have {len(channels)}")
-    return heads
-
-
-def addition_time_embed_dim(weights, config: dict) -> int:
-    """SDXL: sinusoidal width of each time id. A config says; single files don't, but add_embedding takes
-    pooled (text_embeds) + n_ids * width inputs (6 ids base, 5 refiner), so the shapes tell when the
-    pooled width is known from text_encoder_2's projection. 256 in the released models."""
-    if config.get("addition_time_embed_dim"):
-        return int(config["addition_time_embed_dim"])
-    adm, proj = "unet.add_embedding.linear_1.weight", "text_encoder_2.text_projection.weight"
-    if adm in weights and proj in weights:
-        n_ids = 5 if weights.spec.family == "sdxl_refiner" else 6
-        extra = weights.plan[adm].shape[1] - weights.plan[proj].shape[0]
-        if extra > 0 and extra % n_ids == 0:
-            return extra // n_ids
-    return SDXL_TIME_EMBED_DIM
-
 
 def _f32(a, ndim: int, what: str) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
@@ -74,18 +29,15 @@ class UNet(GraphModel):
 
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 256,
                  f32_matmul_min_cols: int = -1):
-        if "unet.conv_in.weight" not in weights:
-            raise ValueError("these weights hold no UNet")
+        config = weights.config.component("unet")  # heads, groups, eps, time-id width: sdcpp.config
         self.weights = weights
-        cfg = weights.configs.get("unet") or {}
-        self.config = cfg
-        self.heads = attention_heads(weights, cfg)
-        n_threads = checks.threads(n_threads)
+        self.config = config
+        self.heads = list(config.heads)
         self.flash_attn = resolve_flash_attn(weights, flash_attn)
+        n_threads = checks.threads(n_threads)
         self._graph = core().UNet(
-            weights._store, self.heads, groups=int(cfg.get("norm_num_groups") or 32),
-            norm_eps=float(cfg.get("norm_eps") or 1e-5),
-            addition_time_embed_dim=addition_time_embed_dim(weights, cfg), flash_attn=self.flash_attn,
+            weights._store, self.heads, groups=config.groups, norm_eps=config.norm_eps,
+            addition_time_embed_dim=config.addition_time_embed_dim, flash_attn=self.flash_attn,
             max_im2col_mib=max_im2col_mib, f32_matmul_min_cols=f32_matmul_min_cols, n_threads=n_threads)
 
     @property

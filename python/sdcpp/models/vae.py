@@ -8,9 +8,6 @@ from .. import checks
 from .._native import core
 from ._graph import GraphModel, resolve_flash_attn
 
-# Latent scaling of each family when the weights carry no VAE config (diffusers' defaults).
-SCALING_FACTORS = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025, "sdxl_refiner": 0.13025}
-
 
 def _f32(a, what: str) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
@@ -30,16 +27,13 @@ class VAE(GraphModel):
 
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 32,
                  f32_matmul_min_cols: int = -1):
-        if "vae.decoder.conv_in.weight" not in weights:
-            raise ValueError("these weights hold no VAE")
+        config = weights.config.component("vae")  # groups, scaling factor: sdcpp.config
         self.weights = weights
-        cfg = weights.configs.get("vae") or {}
-        self.config = cfg
+        self.config = config
         self.flash_attn = resolve_flash_attn(weights, flash_attn)
         n_threads = checks.threads(n_threads)
-        self.scaling_factor = float(cfg.get("scaling_factor") or SCALING_FACTORS.get(weights.spec.family, 0.18215))
-        self._graph = core().VAE(weights._store, groups=int(cfg.get("norm_num_groups") or 32),
-                                 flash_attn=self.flash_attn,
+        self.scaling_factor = config.scaling_factor
+        self._graph = core().VAE(weights._store, groups=config.groups, flash_attn=self.flash_attn,
                                  max_im2col_mib=max_im2col_mib, f32_matmul_min_cols=f32_matmul_min_cols,
                                  n_threads=n_threads)
 

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.clip import TextEncoder
-from ..text import OPEN_CLIP_PAD_ID, VOCAB_SIZE, ClipTokenizer, apply_weights, tokenize_pair
+from ..text import VOCAB_SIZE, ClipTokenizer, apply_weights, tokenize_pair
 from ..text.tokenizer import BOS_ID, EOS_ID
-
-XL_FAMILIES = ("sdxl", "sdxl_refiner")
 
 
 def fold_token_ids(ids: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -57,20 +55,15 @@ class PromptEncoder:
     """The text encoders of a loaded model and the family's recipe for turning prompts into Conditioning."""
 
     def __init__(self, weights, n_threads: int = 0):
-        self.family = weights.spec.family
-        comps = ["text_encoder_2"] if self.family == "sdxl_refiner" else ["text_encoder"]
-        if self.family == "sdxl":
-            comps.append("text_encoder_2")
-        self.encoders = [TextEncoder(weights, c, n_threads=n_threads) for c in comps]
-        # CLIP-L pads with EOS; OpenCLIP towers (SD2's and every text_encoder_2) pad with 0.
-        self.tokenizers = [ClipTokenizer(OPEN_CLIP_PAD_ID if c == "text_encoder_2" or self.family == "sd2"
-                                         else EOS_ID) for c in comps]
+        self.family = weights.config.family  # which encoders, in which order, and how they condition the UNet
+        self.encoders = [TextEncoder(weights, e.component, n_threads=n_threads) for e in self.family.encoders]
+        self.tokenizers = [ClipTokenizer(e.config.pad_id) for e in self.encoders]
 
     @property
     def max_clip_skip(self) -> int:
         """The largest clip_skip that still runs one encoder layer (SDXL already starts from the penultimate)."""
         depth = min(enc.n_layers for enc in self.encoders)
-        return max(1, depth - 1) if self.family in XL_FAMILIES else depth
+        return max(1, depth - 1) if self.family.hidden_state == "penultimate" else depth
 
     def tokens(self, prompt: str, negative: str) -> list[tuple]:
         """Per encoder: (prompt ids [k, 77], prompt weights [k, 77], negative ids, negative weights), folded into
@@ -84,7 +77,7 @@ class PromptEncoder:
 
     def _layer(self, clip_skip: int | None) -> tuple[int, bool]:
         skip = clip_skip or 1  # checked against max_clip_skip by Options.resolved
-        if self.family in XL_FAMILIES:
+        if self.family.hidden_state == "penultimate":
             return -1 - skip, False
         return -skip, True
 
@@ -97,7 +90,7 @@ class PromptEncoder:
             k = len(pi)
             # One graph for every chunk of both prompts.
             out = enc.encode(np.concatenate([pi, ni]), layer=layer, final_norm=final_norm,
-                             pooled=enc.projection_dim > 0 and self.family in XL_FAMILIES)
+                             pooled=enc.component == self.family.pooled_from)
             for key, rows, w in (("cond", slice(0, k), pw), ("uncond", slice(k, 2 * k), nw)):
                 h = out["hidden"][rows].reshape(-1, out["hidden"].shape[-1])
                 hidden[key].append(apply_weights(h, w.reshape(-1)))
@@ -105,18 +98,19 @@ class PromptEncoder:
                     pooled[key] = out["text_embeds"][rows][:1]  # the first chunk's, as A1111
         cond = {"context": np.concatenate(hidden["cond"], axis=-1)[None]}
         uncond = {"context": np.concatenate(hidden["uncond"], axis=-1)[None]}
-        if self.family in XL_FAMILIES:
+        if self.family.pooled_from:
             cond["pooled"], uncond["pooled"] = pooled["cond"], pooled["uncond"]
         return cond, uncond
 
 
-def sdxl_time_ids(family: str, *, height: int, width: int, original_size=None, crops_coords_top_left=(0, 0),
+def sdxl_time_ids(kind: str, *, height: int, width: int, original_size=None, crops_coords_top_left=(0, 0),
                   target_size=None, aesthetic_score: float = 6.0, negative_aesthetic_score: float = 2.5):
-    """(cond, uncond) time ids [1, n] as diffusers builds them (sizes are (height, width)). As in diffusers'
-    defaults, the base model's uncond ids equal the cond ids, while the refiner's uncond crop is (0, 0)."""
+    """(cond, uncond) time ids [1, n] as diffusers builds them (sizes are (height, width)); `kind` is the family's
+    time_ids ("size": SDXL base, "aesthetic": refiner). As in diffusers' defaults, the base model's uncond ids
+    equal the cond ids, while the refiner's uncond crop is (0, 0)."""
     original = tuple(original_size or (height, width))
     crops = tuple(crops_coords_top_left)
-    if family == "sdxl_refiner":
+    if kind == "aesthetic":
         pos, neg = (*original, *crops, aesthetic_score), (*original, 0, 0, negative_aesthetic_score)
     else:
         pos = neg = (*original, *crops, *(target_size or (height, width)))
@@ -127,12 +121,13 @@ def build_conditioning(encoder: PromptEncoder, prompt: str, negative: str, *, he
                        clip_skip=None, original_size=None, crops_coords_top_left=(0, 0), target_size=None,
                        aesthetic_score=6.0, negative_aesthetic_score=2.5) -> tuple[Conditioning, Conditioning]:
     cond, uncond = encoder.encode(prompt, negative, clip_skip=clip_skip)
-    if encoder.family not in XL_FAMILIES:
+    family = encoder.family
+    if not family.time_ids:
         return Conditioning(cond["context"]), Conditioning(uncond["context"])
-    if encoder.family == "sdxl" and not negative:
+    if family.zeros_for_empty_negative and not negative:
         # diffusers' force_zeros_for_empty_prompt (SDXL base): an empty negative is all zeros.
         uncond = {k: np.zeros_like(v) for k, v in uncond.items()}
-    ids, neg_ids = sdxl_time_ids(encoder.family, height=height, width=width, original_size=original_size,
+    ids, neg_ids = sdxl_time_ids(family.time_ids, height=height, width=width, original_size=original_size,
                                  crops_coords_top_left=crops_coords_top_left, target_size=target_size,
                                  aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score)
     return (Conditioning(cond["context"], cond["pooled"], ids),

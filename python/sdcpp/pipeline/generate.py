@@ -107,8 +107,8 @@ def _blocked_attention(model) -> bool:
 
 def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     o = o.resolved(model.default_size, model.vae_factor, model.prompt_encoder.max_clip_skip)
-    check_fits(model.weights, width=o.width, height=o.height, batch=o.num_images, cfg=o.guidance_scale != 1.0,
-               factor=model.vae_factor, flash_attn=model.flash_attn or _blocked_attention(model))
+    check_fits(model.weights.config, width=o.width, height=o.height, batch=o.num_images,
+               cfg=o.guidance_scale != 1.0, flash_attn=model.flash_attn or _blocked_attention(model))
     spec = model.weights.spec
     report = GenerationReport(seed=o.seed, weights=weight_bytes(model.weights.plan))
     report.timings["load"] = model.load_seconds

@@ -26,15 +26,6 @@ class BatchRNG:
         return np.concatenate([r.randn((1, *shape[1:])) for r in self.rngs], axis=0)
 
 
-def vae_scale_factor(weights) -> int:
-    """Pixels per latent: 2 to the number of decoder upsamplers (8 for every released VAE)."""
-    n = 0
-    while f"vae.decoder.up_blocks.{n}.resnets.0.conv1.weight" in weights:
-        n += 1
-    ups = sum(f"vae.decoder.up_blocks.{i}.upsamplers.0.conv.weight" in weights for i in range(n))
-    return 2**ups
-
-
 def _open_image(name: str, value) -> Image.Image:
     try:
         with Image.open(value) as img:

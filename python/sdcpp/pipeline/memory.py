@@ -24,38 +24,30 @@ def available_bytes() -> int | None:
     return None
 
 
-def lower_bound(weights, *, width: int, height: int, batch: int, cfg: bool, factor: int,
-                flash_attn: bool) -> tuple[int, str]:
-    """(bytes, what) of the largest unavoidable working set of one generation."""
-    h, w = height // factor, width // factor
-    plan = weights.plan
+def lower_bound(config, *, width: int, height: int, batch: int, cfg: bool, flash_attn: bool) -> tuple[int, str]:
+    """(bytes, what) of the largest unavoidable working set of one generation (`config`: sdcpp ModelConfig)."""
+    h, w = height // config.vae_factor, width // config.vae_factor
     bounds = []
-    conv_out = plan.entries.get("vae.decoder.conv_out.weight")
-    if conv_out is not None:  # decoding is one image at a time: input and output of the last conv coexist
-        bounds.append((2 * conv_out.shape[1] * width * height * F32, "VAE decoder activations at full resolution"))
-    if "vae.decoder.mid_block.attentions.0.to_q.weight" in plan.entries and not flash_attn:
-        bounds.append(((h * w) ** 2 * F32, "VAE mid-block attention scores"))
+    if config.vae is not None:  # decoding is one image at a time: input and output of the last conv coexist
+        bounds.append((2 * config.vae.arch.decoder_out_channels * width * height * F32,
+                       "VAE decoder activations at full resolution"))
+        if config.vae.arch.mid_attention and not flash_attn:
+            bounds.append(((h * w) ** 2 * F32, "VAE mid-block attention scores"))
     rows = batch * (2 if cfg else 1)
-    conv_in = plan.entries.get("unet.conv_in.weight")
-    if conv_in is not None:
-        bounds.append((2 * rows * conv_in.shape[0] * h * w * F32, "UNet activations at latent resolution"))
-    level = 0
-    while f"unet.down_blocks.{level}.resnets.0.conv1.weight" in plan.entries:
-        proj = plan.entries.get(f"unet.down_blocks.{level}.attentions.0.proj_in.weight")
-        if proj is not None:
-            if not flash_attn:  # one head's scores at a time is the least any schedule of the graph needs
-                tokens = (h >> level) * (w >> level)
-                bounds.append((rows * tokens * tokens * F32, f"UNet attention scores at level {level}"))
-            break
-        level += 1
+    if config.unet is not None:
+        arch = config.unet.arch
+        bounds.append((2 * rows * arch.base_channels * h * w * F32, "UNet activations at latent resolution"))
+        if not flash_attn and True in arch.attention:  # one head's scores at a time is the least any schedule needs
+            level = arch.attention.index(True)
+            tokens = (h >> level) * (w >> level)
+            bounds.append((rows * tokens * tokens * F32, f"UNet attention scores at level {level}"))
     return max(bounds, default=(0, "nothing"))
 
 
-def check_fits(weights, *, width: int, height: int, batch: int, cfg: bool, factor: int, flash_attn: bool):
+def check_fits(config, *, width: int, height: int, batch: int, cfg: bool, flash_attn: bool):
     from ..errors import ResourceError
 
-    need, what = lower_bound(weights, width=width, height=height, batch=batch, cfg=cfg, factor=factor,
-                             flash_attn=flash_attn)
+    need, what = lower_bound(config, width=width, height=height, batch=batch, cfg=cfg, flash_attn=flash_attn)
     avail = available_bytes()
     if avail is not None and need > avail and not os.environ.get("SDCPP_NO_MEMORY_CHECK"):
         raise ResourceError(

@@ -13,8 +13,7 @@ from ..models.vae import VAE
 from ..sampling import TrainSchedule
 from .conditioning import PromptEncoder
 from .generate import run
-from .latents import vae_scale_factor
-from .options import Options, default_size
+from .options import Options
 
 log = logging.getLogger("sdcpp")
 
@@ -61,9 +60,9 @@ class Model:
         self.vae = VAE(self.weights, n_threads=n_threads, flash_attn=flash_attn)
         self.flash_attn = self.unet.flash_attn
         self.prompt_encoder = PromptEncoder(self.weights, n_threads=n_threads)
-        self.vae_factor = vae_scale_factor(self.weights)
+        self.vae_factor = self.weights.config.vae_factor
         self.train = TrainSchedule.sd()
-        self.default_size = default_size(spec, self.unet.config, self.vae_factor)
+        self.default_size = self.weights.config.default_size
         self.load_seconds = time.perf_counter() - start
         self._lock = threading.Lock()
         log.info("loaded %s: %s %s (%s) in %.1f s", self.name, spec.family, spec.variant, spec.prediction,

@@ -10,20 +10,8 @@ from ..sampling import SPACINGS, make_rng
 from .latents import init_input, mask_input, start_noise
 from .schedule import check
 
-# Native resolution of each family when width/height are not given (SD2 512-base is epsilon, 768-v is v).
-DEFAULT_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sdxl_refiner": 1024}
 MAX_STEPS = 10_000  # beyond any schedule (the training schedule has 1000 timesteps)
 MAX_IMAGES = 1_000  # per call; memory is checked separately
-
-
-def default_size(spec, unet_config: dict, vae_factor: int) -> int:
-    """diffusers' rule where the UNet config has a sample_size (sample_size * VAE factor), else the family's."""
-    if unet_config.get("sample_size"):
-        size = unet_config["sample_size"]
-        return int(size[0] if isinstance(size, (list, tuple)) else size) * vae_factor
-    if spec.family == "sd2" and spec.prediction == "epsilon":
-        return 512
-    return DEFAULT_SIZE.get(spec.family, 512)
 
 
 @dataclass

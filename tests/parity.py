@@ -193,3 +193,20 @@ def ggml_kernels_only():
         yield
     finally:
         core().set_blas_enabled(True)
+
+
+def scaled_diffusers_copy(src, dst, component: str, names, scale: float):
+    """A copy of the diffusers folder `src` at `dst` with the parameters `names` (state-dict names) of
+    `component` multiplied by `scale`; returns `dst`. Scaling a conv's weight and bias makes the activations after
+    it small, so the GroupNorm that follows sees a variance near its epsilon and the epsilon shows in the output."""
+    import shutil
+
+    import safetensors.numpy
+
+    shutil.copytree(src, dst)
+    path = dst / component / "diffusion_pytorch_model.safetensors"
+    tensors = safetensors.numpy.load_file(str(path))
+    for n in names:
+        tensors[n] = tensors[n] * np.float32(scale)  # KeyError: a name the fixture doesn't have
+    safetensors.numpy.save_file(tensors, str(path), metadata={"format": "pt"})
+    return dst

@@ -25,6 +25,9 @@ MODELS = [("sd1", "text_encoder"), ("sd2", "text_encoder"), ("sdxl", "text_encod
           ("sdxl_refiner", "text_encoder_2")]
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_K")
 OUTPUTS = ("hidden", "penultimate", "pooled", "text_embeds")
+# f32 against transformers in f64: measured 1.9e-7 .. 3.1e-7 (rel. L2) for every encoder and output, either
+# attention; 2e-6 leaves a 6x margin.
+F32_MAX_ERR = 2e-6
 TINY_HEADS = 2  # the fixtures' num_attention_heads; config-less forms (single file, sd.cpp GGUF) need it given
 
 
@@ -123,7 +126,7 @@ def test_f32_parity(cache, family, component, flash):
     assert set(ours) == set(ref) == ({*OUTPUTS} if te.projection_dim else {*OUTPUTS} - {"text_embeds"})
     for k in ref:
         assert ours[k].dtype == np.float32 and ours[k].shape == ref[k].shape, k
-        assert _rel(ours[k], ref[k]) <= 1e-4, (k, _rel(ours[k], ref[k]))
+        assert _rel(ours[k], ref[k]) <= F32_MAX_ERR, (k, _rel(ours[k], ref[k]))
     # The f32 store reads back exactly what transformers loaded: the dequantized reference is the same model.
     deq = _reference_outputs(cache.dequantized_reference(family, component, w), ids)
     for k in ref:

@@ -86,6 +86,53 @@ def test_philox_matches_a1111_docstring():
     np.testing.assert_allclose(PhiloxRNG(0).randn((3, 4)), want, rtol=0, atol=3e-7)
 
 
+# Generator(seed).randn((3, 4)) called three times in a row, from A1111's modules/rng_philox.py (AUTOMATIC1111/
+# stable-diffusion-webui; its docstring gives the first call only): run as published outside this repository, values
+# printed as the shortest decimals that round-trip in float32. Calls after the first put the call count in the
+# counter's first word; a generator that put it elsewhere would still pass the first-call tests above.
+A1111_LATER_CALLS = {
+    0: [
+        [-0.9246624, -0.42534396, -2.6438458, 0.14518388, -0.12086651, -0.5797257, -0.6228513, -0.32838714,
+         -1.074542, -0.3631441, -1.6710504, 2.265505],
+        [0.18082589, -0.5522627, 0.9238134, -0.73497033, 1.3799946, 0.8676307, 0.12965593, -0.94064,
+         0.8109096, 0.8820514, -1.0132601, -0.3633632],
+        [2.5440972, -0.71634895, -0.4933688, 0.12671056, 0.101356536, -0.40353286, 0.9022587, 0.8099299,
+         -0.68837917, 0.13724431, 1.0377399, 0.09254566],
+    ],
+    2**32 + 7: [  # the key's high word
+        [-0.28273523, -1.0128043, 0.009528826, 0.44708487, 1.5803586, 0.95369816, 1.0886334, 0.36366725,
+         1.5403806, 1.0845492, -0.7823298, 0.731429],
+        [-2.0203695, 0.6510461, -1.4301461, 1.0568589, -0.026657304, 0.50164753, -0.28170696, 0.82212734,
+         0.33091965, 0.18074802, 0.5651186, 1.0983589],
+        [0.1889095, -0.45770386, -1.4954696, -1.3792573, 1.4238491, -1.340119, 0.13348472, 0.10927083,
+         1.0656708, -0.069388255, -1.3475257, 0.06947299],
+    ],
+}
+
+
+@pytest.mark.parametrize("seed", sorted(A1111_LATER_CALLS))
+def test_philox_successive_calls_match_a1111(seed):
+    rng = PhiloxRNG(seed)
+    for call, want in enumerate(A1111_LATER_CALLS[seed]):
+        got = rng.randn((3, 4))
+        np.testing.assert_array_equal(got, np.array(want, np.float32).reshape(3, 4), err_msg=f"call {call}")
+
+
+@pytest.mark.parametrize("seed", [1234, 2**32 + 7])
+def test_philox_call_k_is_counter_word_0(seed):
+    """Element i of call k is curand's Box-Muller (sine branch) of the Philox block at counter {k, 0, i, 0} with
+    key {seed low, seed high}; the block function is checked against Random123 above, the mapping restated here
+    in float64 from curand's definition (u = (w + 1/2) / 2**32, angle 2 pi v)."""
+    rng, n = PhiloxRNG(seed), 64
+    for k in range(4):
+        counter = np.zeros((4, n), np.uint32)
+        counter[0], counter[2] = k, np.arange(n)
+        w = philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32)).astype(np.float64)
+        u, v = (w[0] + 0.5) / 2.0**32, (w[1] + 0.5) / 2.0**32
+        want = np.sqrt(-2 * np.log(u)) * np.sin(2 * np.pi * v)
+        np.testing.assert_allclose(rng.randn(n), want, rtol=1e-5, atol=1e-6, err_msg=f"call {k}")
+
+
 def test_philox_matches_a_published_cuda_tensor():
     """torch.manual_seed(0); torch.randn((8, 8), device="cuda") as printed (4 decimals) in the CUDA MODE
     "Fusing Kernels" talk notes (kapilsh, 2024; repo kapilsh/cuda-mode-lecture, get_inputs(add_manual_seed=True)).

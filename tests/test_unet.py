@@ -7,6 +7,7 @@ without ggml's rounding of the activations).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
@@ -20,6 +21,7 @@ from parity import (
     ggml_activation_rounding,
     ggml_kernels_only,
     rel_l2,
+    scaled_diffusers_copy,
     with_ggml_activation_rounding,
 )
 from sdcpp.models.unet import UNet
@@ -29,7 +31,11 @@ diffusers = pytest.importorskip("diffusers")
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sd1_inpaint", "sdxl_refiner")
 TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_K")
-F32_MAX_ERR = 1e-4
+# f32 against diffusers: measured 7.4e-7 .. 1.5e-6 (rel. L2) on every family and path (OpenBLAS or ggml products,
+# either attention, odd sizes, bands, low-variance activations), so 1e-5 leaves a 6.7x margin for other CPUs' summation
+# orders. A GroupNorm epsilon of 1e-5 instead of diffusers' 1e-6 in front of each transformer measured 2.2e-6 .. 9.1e-6
+# here, too close to f32 noise for any bound: test_group_norm_eps_on_low_variance_activations catches it (3.8e-2).
+F32_MAX_ERR = 1e-5
 # One thread: the tiny graphs gain nothing from two, and ggml's spinning thread barriers slow to a crawl
 # when other processes share the cores.
 THREADS = 1
@@ -213,6 +219,36 @@ def test_repeated_calls_reuse_the_graph_buffer_and_threads_agree(fixtures_dir, r
     assert unet.compute_buffer_size() == size
     two = UNet(weights, n_threads=2).predict(**inputs)
     assert rel_l2(two, first) <= 1e-6
+
+
+# conv_in and the first resnet's conv2 scaled by 1e-2: the activations entering down_blocks.0's first resnet norm1
+# and its transformer's GroupNorm have a per-group variance of ~1e-4 (measured median 8e-5, 1.2e-4), near the
+# epsilons (resnets 1e-5 from norm_eps, transformer GroupNorm 1e-6), so each epsilon moves the output by percents.
+LOW_VARIANCE = ("conv_in.weight", "conv_in.bias", "down_blocks.0.resnets.0.conv2.weight",
+                "down_blocks.0.resnets.0.conv2.bias")
+
+
+@pytest.mark.parametrize("products", ["openblas", "ggml"])
+def test_group_norm_eps_on_low_variance_activations(fixtures_dir, tmp_path, products):
+    """On the fixtures' O(1) activations a GroupNorm epsilon off by 10x moves the output by ~1e-6, within f32
+    noise. Here the activations are small enough for the epsilons to matter, and diffusers' own model with the
+    transformer GroupNorm's eps changed shows how far a wrong one lands (measured 3.8e-2; resnet norm1 at 1e-6
+    instead of 1e-5: 1.7e-2; ours: 1.0e-6 .. 1.1e-6)."""
+    folder = scaled_diffusers_copy(fixtures_dir / "sd1" / "diffusers", tmp_path / "sd1", "unet", LOW_VARIANCE, 1e-2)
+    ref = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet").eval()
+    inputs = make_inputs("sd1", ref)
+    want = run_reference(ref, inputs)
+    unet = UNet(sdcpp.load_weights(folder, progress=False), n_threads=THREADS)
+    with contextlib.nullcontext() if products == "openblas" else ggml_kernels_only():
+        out = unet.predict(**inputs)
+    assert rel_l2(out, want) <= F32_MAX_ERR
+    block = ref.down_blocks[0]
+    for norm, wrong in ((block.attentions[0].norm, 1e-5), (block.resnets[0].norm1, 1e-6)):
+        right, norm.eps = norm.eps, wrong
+        try:
+            assert rel_l2(run_reference(ref, inputs), want) >= 100 * F32_MAX_ERR, (norm, wrong)
+        finally:
+            norm.eps = right
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from .errors import (
     SdcppError,
     UnsupportedModelError,
 )
+from .evaluation import EvaluationReport, evaluate
 from .index import TensorIndex, open_model
 from .pipeline import Model, generate
 from .plan import QuantPlan, make_plan
@@ -20,7 +21,7 @@ from .request import QuantRequest
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cancelled", "DestinationError", "Model", "ModelFormatError", "ModelSpec", "QuantPlan", "QuantRequest",
-    "QuantRequestError", "ResourceError", "SdcppError", "TensorIndex", "UnsupportedModelError", "detect", "generate",
-    "inspect", "load_weights", "make_plan", "open_model", "quantize",
+    "Cancelled", "DestinationError", "EvaluationReport", "Model", "ModelFormatError", "ModelSpec", "QuantPlan",
+    "QuantRequest", "QuantRequestError", "ResourceError", "SdcppError", "TensorIndex", "UnsupportedModelError",
+    "detect", "evaluate", "generate", "inspect", "load_weights", "make_plan", "open_model", "quantize",
 ]

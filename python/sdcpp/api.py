@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -10,6 +11,7 @@ from .config.model_config import model_config
 from .config.shapes import Shapes
 from .destination import check_destination
 from .detect import detect
+from .errors import QuantRequestError
 from .index import TensorIndex, model_paths, open_model
 from .plan import QuantPlan, make_plan
 from .report import Inspection
@@ -57,23 +59,42 @@ def inspect(model, *, unet=None, vae=None, text_encoder=None, text_encoder_2=Non
 
 def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None,
              type=None, unet_type=None, te_type=None, vae_type=None, rules=None, n_threads: int = 0,
-             progress=True) -> Inspection:
+             progress=True, budget=None, max_error=None, budget_types=None, budget_prompts=None) -> Inspection:
     """Write a GGUF holding every tensor in its planned type, with sdcpp metadata (family, prediction,
     request, policy version, original shapes of flattened kernels). Written to a temporary file and
-    renamed into place; on any error or Ctrl-C nothing is left at `dst`."""
+    renamed into place; on any error or Ctrl-C nothing is left at `dst`.
+
+    budget ("1.2GB", "900MiB", bytes) or max_error (relative L2 at the components' outputs): choose a type per
+    tensor group from measured sensitivity (sdcpp.evaluation.sensitivity, over `budget_types`, default f16, q8_0,
+    q5_K, q4_K) to minimise the error within the budget, or the size within the error. The choice becomes rules
+    (after yours); the rules, predicted and measured errors go into the GGUF (`sdcpp.budget`) and inspect()."""
     from .quant.gguf_out import write_gguf
 
     n_threads = checks.threads(n_threads)
     check_destination(dst, _source_paths(src, unet, vae, text_encoder, text_encoder_2))
+    extra = {}
+    if budget is not None or max_error is not None:
+        if any(t is not None for t in (type, unet_type, te_type, vae_type)):
+            raise QuantRequestError("budget/max_error choose the types; give rules= to pin tensors, not type=")
+        QuantRequest.make(rules=rules)  # a bad rule fails before the measurement
+        from .evaluation.budget import budget_rules
+
+        chosen, meta = budget_rules(src, budget=budget, max_error=max_error, types=budget_types,
+                                    prompts=budget_prompts, n_threads=n_threads, progress=progress,
+                                    prediction=prediction, **{k: v for k, v in dict(
+                                        unet=unet, vae=vae, text_encoder=text_encoder,
+                                        text_encoder_2=text_encoder_2).items() if v is not None})
+        rules = [*QuantRequest.make(rules=rules).rules_text(), *chosen]
+        type, extra = "f32", {"sdcpp.budget": json.dumps(meta)}
     index, plan = _prepare(src, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                            prediction=prediction, strict=True, type=type, unet_type=unet_type, te_type=te_type,
                            vae_type=vae_type, rules=rules)
     try:
-        write_gguf(dst, index, plan, n_threads=n_threads, progress=progress)
+        write_gguf(dst, index, plan, n_threads=n_threads, progress=progress, extra_metadata=extra)
     finally:
         index.close()
     log.info("wrote %s (%d tensors)", os.fspath(dst), len(plan))
-    return Inspection.build(index, plan)
+    return Inspection.build(index, plan, json.loads(extra["sdcpp.budget"]) if extra else None)
 
 
 def load_weights(model, *, device: str = "cpu", n_threads: int = 0, progress=True, unet=None, vae=None,

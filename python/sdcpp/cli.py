@@ -10,6 +10,10 @@ import sys
 from .errors import SdcppError
 
 
+def _types(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _add_request_args(p: argparse.ArgumentParser):
     p.add_argument("model", nargs="+", help="checkpoint file(s) or diffusers folder; later ones override "
                                               "the components they hold")
@@ -91,6 +95,33 @@ def _generate(a) -> int:
     return 0
 
 
+def _evaluate(a) -> int:
+    from .evaluation import evaluate
+    from .evaluation.outputs import check_output_dir, write_report
+    from .evaluation.sensitivity import sensitivity
+
+    if a.output:
+        check_output_dir(a.output)  # before an evaluation that may take minutes
+    prompts = None
+    if a.prompts:
+        with open(a.prompts) as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    model = a.model[0] if len(a.model) == 1 else a.model
+    opts = dict(steps=a.steps, width=a.width, height=a.height, sampler=a.sampler, n_threads=a.threads)
+    report = evaluate(model, a.types, **({"prompts": prompts} if prompts else {}), seeds=a.seeds,
+                      guidance_scale=a.cfg, reference=a.reference, attribution=not a.no_attribution, **opts)
+    print(report)
+    sens = None
+    if a.sensitivity:
+        sens = sensitivity(model, [t for t in a.types if t not in ("f32", "f16", "bf16")] or a.types,
+                           **({"prompts": prompts} if prompts else {}), seed=a.seeds[0], **opts)
+        print(sens)
+    if a.output:
+        names = write_report(report, a.output, sens)
+        print(f"\nwrote {a.output}/: {', '.join(names)}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sdcpp", description="Stable Diffusion on ggml")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -104,6 +135,27 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="write a GGUF with every tensor in its planned type")
     _add_request_args(p)
     p.add_argument("-o", "--output", required=True, help="the GGUF file to write")
+    p.add_argument("-t", "--threads", type=int, default=0)
+    p.add_argument("--budget", help="choose types per tensor group to fit this size (1.2GB, 900MiB), from "
+                                    "measured sensitivity")
+    p.add_argument("--max-error", type=float, help="the smallest file whose error (relative L2 at the components' "
+                                                   "outputs) stays below this")
+    p.add_argument("--budget-types", type=_types, help="types to choose from (default f16,q8_0,q5_K,q4_K)")
+
+    p = sub.add_parser("evaluate", help="bytes, speed, memory and error of each weight type against f32")
+    p.add_argument("model", nargs="+", help="checkpoint file(s) or diffusers folder")
+    p.add_argument("--types", type=_types, default=["f16", "q8_0", "q4_K"], help="comma-separated, e.g. f16,q8_0")
+    p.add_argument("--prompts", help="a text file, one prompt per line (default: one built-in prompt)")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0], help="e.g. 0,1,2")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("-W", "--width", type=int)
+    p.add_argument("-H", "--height", type=int)
+    p.add_argument("--sampler", default="euler")
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--reference", default="f32", choices=["f32", "source"])
+    p.add_argument("--no-attribution", action="store_true", help="skip the one-component-quantized runs")
+    p.add_argument("--sensitivity", action="store_true", help="also rank tensor groups by the error they cause")
+    p.add_argument("-o", "--output", help="a new folder for report.json, report.md, grid.png and plots")
     p.add_argument("-t", "--threads", type=int, default=0)
 
     p = sub.add_parser("generate", help="text to image; img2img with --init-image, inpainting with --mask")
@@ -137,9 +189,12 @@ def main(argv=None) -> int:
             from .api import quantize
 
             req = _request(a)
-            r = quantize(req.pop("model"), a.output, n_threads=a.threads, **req)
+            r = quantize(req.pop("model"), a.output, n_threads=a.threads, budget=a.budget, max_error=a.max_error,
+                         budget_types=a.budget_types, **req)
             print(r)
             print(f"\nwrote {a.output}")
+        elif a.command == "evaluate":
+            return _evaluate(a)
         elif a.command == "build-ggml":
             from .build_ggml import run
 
@@ -155,7 +210,7 @@ def main(argv=None) -> int:
 
             write_tiny_model(a.output, a.family, seed=a.seed)
             print(f"wrote {a.output} (tiny random {a.family} checkpoint)")
-    except (SdcppError, FileNotFoundError, ValueError) as e:
+    except (SdcppError, FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as e:
         print(f"sdcpp: error: {e}", file=sys.stderr)
         return 2
     return 0

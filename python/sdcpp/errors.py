@@ -20,7 +20,11 @@ class ModelFormatError(SdcppError, ValueError):
         text = f"{where}: {message}"
         if rule:
             text += f" [rule: {rule}]"
+        self._init_args = (path, message, tensor, rule)
         super().__init__(text)
+
+    def __reduce__(self):  # picklable (child processes, Ray workers): replay the constructor's own arguments
+        return type(self), self._init_args
 
 
 class UnsupportedModelError(SdcppError, ValueError):

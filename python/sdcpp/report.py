@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from .index import TensorIndex
 from .plan import QuantPlan
+
+
+def _budget(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None  # a damaged optional record: the tensors' types are in the file either way
+    return value if isinstance(value, dict) else None
 
 
 def human_bytes(n: int) -> str:
@@ -26,11 +35,15 @@ class Inspection:
     ignored: list[tuple[str, str, str]]
     unknown: list[tuple[str, str]]
     overridden: list[tuple[str, str, str]]
+    budget: dict | None = None  # what a budget quantization chose and measured (sdcpp.budget in our GGUFs)
 
     @classmethod
-    def build(cls, index: TensorIndex, plan: QuantPlan) -> Inspection:
+    def build(cls, index: TensorIndex, plan: QuantPlan, budget: dict | None = None) -> Inspection:
+        if budget is None:
+            budget = next((_budget(s.metadata["sdcpp.budget"]) for s in index.sources
+                           if isinstance(s.metadata.get("sdcpp.budget"), str)), None)
         return cls([s.path for s in index.sources], [s.format for s in index.sources], plan,
-                   list(index.notes.ignored), list(index.notes.unknown), list(index.overridden))
+                   list(index.notes.ignored), list(index.notes.unknown), list(index.overridden), budget)
 
     @property
     def spec(self):
@@ -50,6 +63,20 @@ class Inspection:
             groups[re.sub(r"row length \d+", "row length N", e.reason)].append(e.name)
         return sorted(((r, len(n), n[0]) for r, n in groups.items()), key=lambda g: -g[1])
 
+    def _budget_text(self) -> str:
+        b = self.budget
+        goal = (f"budget {human_bytes(b['budget'])}" if b.get("budget") else f"max error {b.get('max_error')}")
+        text = (f"budget quantization ({goal}, types {', '.join(b.get('types', []))}): {b.get('chosen')}, "
+                f"{human_bytes(b.get('bytes', 0))}; error at the components' outputs predicted "
+                f"{b.get('predicted_error', 0):.3g}, measured {b.get('measured_error', 0):.3g}")
+        u = b.get("uniform")
+        if u:
+            text += f"\n  (uniform {u['type']}: {human_bytes(u['bytes'])}, measured {u['measured_error']:.3g})"
+        counts = Counter((b.get("assignment") or {}).values())
+        if counts:
+            text += "\n  groups: " + ", ".join(f"{t} x{n}" for t, n in counts.most_common())
+        return text
+
     def to_dict(self) -> dict:
         before, after = self.totals()
         spec = self.spec.to_dict()
@@ -66,11 +93,14 @@ class Inspection:
             unknown=[dict(file=f, name=n) for f, n in self.unknown],
             overridden=[dict(component=c, replaced=a, by=b) for c, a, b in self.overridden],
             problems={c: str(e) for c, e in self.plan.config.problems.items()},
+            budget=self.budget,
         )
 
     def __str__(self) -> str:
         s = self.spec
         req = {k: v for k, v in self.plan.request.to_dict().items() if v}
+        if len(req.get("rules", [])) > 3:  # a budget quantization writes one rule per tensor group
+            req["rules"] = f"{len(req['rules'])} rules (to_dict()['request'] lists them)"
         lines = [f"model:      {', '.join(f'{p} ({f})' for p, f in zip(self.paths, self.formats, strict=True))}",
                  f"family:     {s.family or 'components only'} ({s.variant}), prediction {s.prediction} "
                  f"[{s.prediction_source}]",
@@ -96,6 +126,8 @@ class Inspection:
         if self.ignored:
             reasons = Counter(r for _, _, r in self.ignored)
             lines += ["", f"ignored ({len(self.ignored)}): " + "; ".join(f"{r} ×{n}" for r, n in reasons.items())]
+        if self.budget:
+            lines += ["", self._budget_text()]
         for comp, err in self.plan.config.problems.items():
             lines += ["", f"{comp} CANNOT RUN: {err}"]
         if self.unknown:

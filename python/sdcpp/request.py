@@ -48,9 +48,12 @@ class QuantRequest:
     def rule_for(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.pattern.search(name)), None)
 
+    def rules_text(self) -> list[str]:
+        return [r.text for r in self.rules]
+
     def to_dict(self) -> dict:
         return dict(type=self.type, unet_type=self.unet_type, te_type=self.te_type, vae_type=self.vae_type,
-                    rules=[r.text for r in self.rules])
+                    rules=self.rules_text())
 
 
 def parse_rules(rules) -> tuple[Rule, ...]:

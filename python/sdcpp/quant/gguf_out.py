@@ -32,7 +32,7 @@ def _dominant_types(plan: QuantPlan) -> dict[str, str]:
     return out
 
 
-def _add_metadata(w: GGUFWriter, plan: QuantPlan, source_files: list[str], configs: dict):
+def _add_metadata(w: GGUFWriter, plan: QuantPlan, source_files: list[str], configs: dict, extra: dict[str, str]):
     w.add_quantization_version(GGML_QUANT_VERSION)
     if source_files:
         w.add_name(os.path.splitext(os.path.basename(source_files[0].rstrip("/")))[0])
@@ -47,18 +47,21 @@ def _add_metadata(w: GGUFWriter, plan: QuantPlan, source_files: list[str], confi
         w.add_string(f"sdcpp.type.{comp}", t)
     for comp, cfg in configs.items():
         w.add_string(f"{CONFIG_KEY}{comp}", json.dumps(cfg, sort_keys=True))
+    for key, value in extra.items():
+        w.add_string(key, value)
     for e in plan:
         if _stored_shape(e) != e.shape and e.shape:
             w.add_array(f"sdcpp.orig_shape.{e.name}", np.asarray(e.shape, dtype=np.int32).tolist())
 
 
-def write_gguf(dst, index, plan: QuantPlan, n_threads: int = 0, progress=True):
+def write_gguf(dst, index, plan: QuantPlan, n_threads: int = 0, progress=True, extra_metadata: dict | None = None):
+    """`extra_metadata`: more string keys (e.g. sdcpp.budget: the choice of a budget quantization)."""
     dst = os.fspath(dst)
     tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.partial")
     w = None
     try:
         w = GGUFWriter(tmp, ARCHITECTURE)
-        _add_metadata(w, plan, [s.path for s in index.sources], index.configs)
+        _add_metadata(w, plan, [s.path for s in index.sources], index.configs, extra_metadata or {})
         for e in plan:
             w.add_tensor_info(e.name, _stored_shape(e), np.dtype(np.float32), e.bytes_after,
                               raw_dtype=GGMLQuantizationType(ggml_types.get(e.type).id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .errors import SdcppError
@@ -67,7 +68,6 @@ def _add_generate_args(p: argparse.ArgumentParser):
 
 
 def _generate(a) -> int:
-    import os
 
     from PIL import Image
 
@@ -210,6 +210,9 @@ def main(argv=None) -> int:
 
             write_tiny_model(a.output, a.family, seed=a.seed)
             print(f"wrote {a.output} (tiny random {a.family} checkpoint)")
+    except BrokenPipeError:  # `sdcpp inspect ... | head`: the reader left; no traceback, no flush error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (SdcppError, FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as e:
         print(f"sdcpp: error: {e}", file=sys.stderr)
         return 2

@@ -68,7 +68,6 @@ def _add_generate_args(p: argparse.ArgumentParser):
 
 
 def _generate(a) -> int:
-
     from PIL import Image
 
     from .destination import check_destination

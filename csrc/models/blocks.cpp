@@ -60,7 +60,7 @@ ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const std::
     if (g.wide(ggml_nelements(x) / x->ne[0]) && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) &&
         ggml_is_contiguous(x) && g.use_blas()) {
         ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
-        ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias), name);
+        ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias, g.cancel()), name);
         return bias != nullptr ? y : add_bias(g, y, prefix);
     }
     return add_bias(g, named(ggml_mul_mat(g.ctx, w, x), name), prefix);
@@ -114,7 +114,7 @@ ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const 
     ggml_tensor* taps = named(ggml_cast(g.ctx, by_tap, GGML_TYPE_F32), "weight.to_taps");
     ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 2, 0, 0, 0, 0), "conv.pad");
     ggml_tensor* bias = fusable_bias(g, prefix, OC);
-    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps, bias), "conv.matmul");
+    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps, bias, g.cancel()), "conv.matmul");
     if (bias != nullptr || !g.has(prefix + ".bias")) {
         return y;
     }
@@ -223,7 +223,7 @@ ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefi
         return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == C;
     };
     if (g.cpu() && x->type == GGML_TYPE_F32 && plain_f32(gamma) && plain_f32(beta)) {
-        return named(cpu_ops::group_norm(g.ctx, x, gamma, beta, groups, eps, silu), "norm.group");
+        return named(cpu_ops::group_norm(g.ctx, x, gamma, beta, groups, eps, silu, g.cancel()), "norm.group");
     }
     ggml_tensor* y = channel_affine(g, named(ggml_group_norm(g.ctx, x, groups, eps), "norm.group"), prefix);
     return silu ? ggml_silu(g.ctx, y) : y;
@@ -247,7 +247,7 @@ ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml
     if (g.use_blas() && q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 &&
         v->type == GGML_TYPE_F32) {
         return named(blas::attention(ctx, contiguous(ctx, q), contiguous(ctx, k), contiguous(ctx, v),
-                                     static_cast<int>(heads)),
+                                     static_cast<int>(heads), g.cancel()),
                      "attn.blas");
     }
     // [C, T, N] -> [D, T, heads, N]

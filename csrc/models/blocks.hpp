@@ -42,6 +42,9 @@ struct Graph {
     // OpenBLAS is loaded and enabled (runtime/blas.hpp) and the graph runs on the CPU.
     bool use_blas() const;
 
+    // The token sdcpp's custom ops in this graph poll (the runner's).
+    const CancelToken* cancel() const { return runner.cancel_token().get(); }
+
     ggml_tensor* w(const std::string& name) const { return runner.weight(name); }
     bool has(const std::string& name) const { return runner.has_weight(name); }
     // ggml dims of a stored weight (matrices are [n_per_row, rows]).

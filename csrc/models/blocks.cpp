@@ -127,7 +127,9 @@ Graph Graph::begin(GraphRunner& runner, bool flash_attn, size_t max_im2col_bytes
     if (f32_matmul_min_cols < 0) {
         f32_matmul_min_cols = runner.weights().is_cpu() ? 256 : 0;
     }
-    return Graph{runner, runner.begin(), flash_attn, max_im2col_bytes, f32_matmul_min_cols};
+    Graph g{runner, runner.begin(), flash_attn, max_im2col_bytes, f32_matmul_min_cols};
+    g.attention_blocks_left = static_cast<int64_t>(runner.max_nodes() / 6);
+    return g;
 }
 
 bool Graph::cpu() const { return runner.weights().is_cpu(); }
@@ -266,10 +268,44 @@ ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml
             return named(Dp == D ? ggml_cont(ctx, h) : ggml_pad(ctx, h, static_cast<int>(Dp - D), 0, 0, 0),
                          "attn.layout");
         };
-        ggml_tensor* out = named(ggml_flash_attn_ext(ctx, padded(q, Tq), padded(k, Tk), padded(v, Tk), nullptr,
-                                                     scale, 0.0f, 0.0f),
-                                 "attn.flash");
-        ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);  // [Dp, heads, Tq, N]
+        ggml_tensor* qp = padded(q, Tq);
+        ggml_tensor* kp = padded(k, Tk);
+        ggml_tensor* vp = padded(v, Tk);
+        auto flash = [&](ggml_tensor* qs) {
+            ggml_tensor* o = named(ggml_flash_attn_ext(ctx, qs, kp, vp, nullptr, scale, 0.0f, 0.0f), "attn.flash");
+            ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);  // [Dp, heads, rows, N]
+            return o;
+        };
+        // ggml cannot stop inside a node, and one fused attention over many tokens runs for seconds (minutes over
+        // 64k tokens): on the CPU, queries go in blocks of ~2^28 multiply-adds (~50 ms on two cores), each block
+        // written into its rows of the output, so an interrupt waits for one block at most. Rows are independent
+        // in the kernel, so blocks change no result. Blocks take 3 nodes each: at most 2048 per attention, and
+        // what the graph's budget has left (attention_blocks_left).
+        const double macs = 2.0 * static_cast<double>(Tq) * static_cast<double>(Tk) * static_cast<double>(Dp) *
+                            static_cast<double>(heads * N);
+        const double out_bytes = static_cast<double>(Dp * heads * Tq * N) * sizeof(float);
+        int64_t rows = Tq;
+        if (g.cpu() && out_bytes < std::numeric_limits<int32_t>::max()) {  // ggml_set keeps 32-bit offsets
+            const auto by_work = static_cast<int64_t>(static_cast<double>(Tq) * static_cast<double>(1 << 28) / macs);
+            const int64_t max_blocks = std::min<int64_t>(2048, g.attention_blocks_left);
+            rows = std::max<int64_t>({32, by_work, max_blocks > 0 ? (Tq + max_blocks - 1) / max_blocks : Tq});
+        }
+        ggml_tensor* out = nullptr;
+        if (rows >= Tq) {
+            out = flash(qp);
+        } else {
+            out = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, Dp, heads, Tq, N);
+            g.attention_blocks_left -= (Tq + rows - 1) / rows;
+            for (int64_t q0 = 0; q0 < Tq; q0 += rows) {
+                const int64_t m = std::min(rows, Tq - q0);
+                ggml_tensor* qs = ggml_view_4d(ctx, qp, Dp, m, heads, N, qp->nb[1], qp->nb[2], qp->nb[3],
+                                               static_cast<size_t>(q0) * qp->nb[1]);
+                // Each set returns a view of `out` that depends on the previous one, which orders the blocks.
+                out = named(ggml_set_inplace(ctx, out, flash(qs), out->nb[1], out->nb[2], out->nb[3],
+                                             static_cast<size_t>(q0) * out->nb[2]),
+                            "attn.block");
+            }
+        }
         if (Dp != D) {
             out = named(ggml_cont(ctx, ggml_view_4d(ctx, out, D, heads, Tq, N, out->nb[1], out->nb[2], out->nb[3], 0)),
                         "attn.layout");

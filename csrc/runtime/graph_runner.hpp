@@ -45,6 +45,7 @@ public:
     // Starts a new graph; tensors of the previous one become invalid.
     ggml_context* begin(size_t max_nodes = 65536);
     ggml_context* ctx() const { return ctx_; }
+    size_t max_nodes() const { return max_nodes_; }  // of the graph begun last
 
     // A graph input; `data` is copied now and uploaded after allocation.
     ggml_tensor* input(ggml_type type, const std::vector<int64_t>& ne, const void* data, size_t nbytes);

@@ -96,4 +96,18 @@ void set_backend_threads(ggml_backend_t backend, int n_threads) {
     }
 }
 
+bool set_backend_abort_callback(ggml_backend_t backend, ggml_abort_callback callback, void* data) {
+    ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+    if (dev == nullptr) {
+        return false;
+    }
+    auto set_abort = reinterpret_cast<ggml_backend_set_abort_callback_t>(
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_backend_set_abort_callback"));
+    if (set_abort == nullptr) {
+        return false;
+    }
+    set_abort(backend, callback, data);
+    return true;
+}
+
 }  // namespace sdcpp

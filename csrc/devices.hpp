@@ -36,4 +36,8 @@ ggml_backend_dev_t cpu_device();
 // Sets the thread count if the backend has that knob (CPU does, GPUs do not).
 void set_backend_threads(ggml_backend_t backend, int n_threads);
 
+// Sets (or, with nullptr, clears) the callback that aborts a graph computation between nodes; false when the
+// backend has none (the CPU and Metal backends do; CUDA and Vulkan do not in this ggml).
+bool set_backend_abort_callback(ggml_backend_t backend, ggml_abort_callback callback, void* data);
+
 }  // namespace sdcpp

@@ -18,6 +18,7 @@
 #include "types.hpp"
 #include "models/register.hpp"
 #include "runtime/blas.hpp"
+#include "runtime/cancel.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
@@ -190,8 +191,8 @@ void bind_weight_store(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "sdcpp native core: ggml type conversion, device info and weight storage";
-    // Out-of-memory while allocating a graph becomes the package's own ResourceError (looked up when raised:
-    // sdcpp.errors is plain Python and always importable by then).
+    // Out-of-memory while allocating a graph becomes the package's own ResourceError, a cancelled pass its
+    // Cancelled (looked up when raised: sdcpp.errors is plain Python and always importable by then).
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) {
@@ -200,6 +201,13 @@ PYBIND11_MODULE(_core, m) {
         } catch (const ComputeBufferError& e) {
             py::object cls = py::module_::import("sdcpp.errors").attr("ResourceError");
             PyErr_SetString(cls.ptr(), e.what());
+        } catch (const CancelledError& e) {  // a pass stopped by its CancelToken
+            if (e.reason == CancelToken::Reason::Interrupt) {
+                PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+            } else {
+                py::object cls = py::module_::import("sdcpp.errors").attr("Cancelled");
+                PyErr_SetString(cls.ptr(), e.what());
+            }
         }
     });
 

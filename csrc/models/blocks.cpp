@@ -60,7 +60,7 @@ ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const std::
     if (g.wide(ggml_nelements(x) / x->ne[0]) && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) &&
         ggml_is_contiguous(x) && g.use_blas()) {
         ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
-        ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias), name);
+        ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias, g.cancel()), name);
         return bias != nullptr ? y : add_bias(g, y, prefix);
     }
     return add_bias(g, named(ggml_mul_mat(g.ctx, w, x), name), prefix);
@@ -114,7 +114,7 @@ ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const 
     ggml_tensor* taps = named(ggml_cast(g.ctx, by_tap, GGML_TYPE_F32), "weight.to_taps");
     ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 2, 0, 0, 0, 0), "conv.pad");
     ggml_tensor* bias = fusable_bias(g, prefix, OC);
-    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps, bias), "conv.matmul");
+    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps, bias, g.cancel()), "conv.matmul");
     if (bias != nullptr || !g.has(prefix + ".bias")) {
         return y;
     }
@@ -127,7 +127,9 @@ Graph Graph::begin(GraphRunner& runner, bool flash_attn, size_t max_im2col_bytes
     if (f32_matmul_min_cols < 0) {
         f32_matmul_min_cols = runner.weights().is_cpu() ? 256 : 0;
     }
-    return Graph{runner, runner.begin(), flash_attn, max_im2col_bytes, f32_matmul_min_cols};
+    Graph g{runner, runner.begin(), flash_attn, max_im2col_bytes, f32_matmul_min_cols};
+    g.attention_blocks_left = static_cast<int64_t>(runner.max_nodes() / 6);
+    return g;
 }
 
 bool Graph::cpu() const { return runner.weights().is_cpu(); }
@@ -223,7 +225,7 @@ ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefi
         return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == C;
     };
     if (g.cpu() && x->type == GGML_TYPE_F32 && plain_f32(gamma) && plain_f32(beta)) {
-        return named(cpu_ops::group_norm(g.ctx, x, gamma, beta, groups, eps, silu), "norm.group");
+        return named(cpu_ops::group_norm(g.ctx, x, gamma, beta, groups, eps, silu, g.cancel()), "norm.group");
     }
     ggml_tensor* y = channel_affine(g, named(ggml_group_norm(g.ctx, x, groups, eps), "norm.group"), prefix);
     return silu ? ggml_silu(g.ctx, y) : y;
@@ -247,7 +249,7 @@ ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml
     if (g.use_blas() && q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 &&
         v->type == GGML_TYPE_F32) {
         return named(blas::attention(ctx, contiguous(ctx, q), contiguous(ctx, k), contiguous(ctx, v),
-                                     static_cast<int>(heads)),
+                                     static_cast<int>(heads), g.cancel()),
                      "attn.blas");
     }
     // [C, T, N] -> [D, T, heads, N]
@@ -266,10 +268,44 @@ ggml_tensor* attention_core(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml
             return named(Dp == D ? ggml_cont(ctx, h) : ggml_pad(ctx, h, static_cast<int>(Dp - D), 0, 0, 0),
                          "attn.layout");
         };
-        ggml_tensor* out = named(ggml_flash_attn_ext(ctx, padded(q, Tq), padded(k, Tk), padded(v, Tk), nullptr,
-                                                     scale, 0.0f, 0.0f),
-                                 "attn.flash");
-        ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);  // [Dp, heads, Tq, N]
+        ggml_tensor* qp = padded(q, Tq);
+        ggml_tensor* kp = padded(k, Tk);
+        ggml_tensor* vp = padded(v, Tk);
+        auto flash = [&](ggml_tensor* qs) {
+            ggml_tensor* o = named(ggml_flash_attn_ext(ctx, qs, kp, vp, nullptr, scale, 0.0f, 0.0f), "attn.flash");
+            ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);  // [Dp, heads, rows, N]
+            return o;
+        };
+        // ggml cannot stop inside a node, and one fused attention over many tokens runs for seconds (minutes over
+        // 64k tokens): on the CPU, queries go in blocks of ~2^28 multiply-adds (~50 ms on two cores), each block
+        // written into its rows of the output, so an interrupt waits for one block at most. Rows are independent
+        // in the kernel, so blocks change no result. Blocks take 3 nodes each: at most 2048 per attention, and
+        // what the graph's budget has left (attention_blocks_left).
+        const double macs = 2.0 * static_cast<double>(Tq) * static_cast<double>(Tk) * static_cast<double>(Dp) *
+                            static_cast<double>(heads * N);
+        const double out_bytes = static_cast<double>(Dp * heads * Tq * N) * sizeof(float);
+        int64_t rows = Tq;
+        if (g.cpu() && out_bytes < std::numeric_limits<int32_t>::max()) {  // ggml_set keeps 32-bit offsets
+            const auto by_work = static_cast<int64_t>(static_cast<double>(Tq) * static_cast<double>(1 << 28) / macs);
+            const int64_t max_blocks = std::min<int64_t>(2048, g.attention_blocks_left);
+            rows = std::max<int64_t>({32, by_work, max_blocks > 0 ? (Tq + max_blocks - 1) / max_blocks : Tq});
+        }
+        ggml_tensor* out = nullptr;
+        if (rows >= Tq) {
+            out = flash(qp);
+        } else {
+            out = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, Dp, heads, Tq, N);
+            g.attention_blocks_left -= (Tq + rows - 1) / rows;
+            for (int64_t q0 = 0; q0 < Tq; q0 += rows) {
+                const int64_t m = std::min(rows, Tq - q0);
+                ggml_tensor* qs = ggml_view_4d(ctx, qp, Dp, m, heads, N, qp->nb[1], qp->nb[2], qp->nb[3],
+                                               static_cast<size_t>(q0) * qp->nb[1]);
+                // Each set returns a view of `out` that depends on the previous one, which orders the blocks.
+                out = named(ggml_set_inplace(ctx, out, flash(qs), out->nb[1], out->nb[2], out->nb[3],
+                                             static_cast<size_t>(q0) * out->nb[2]),
+                            "attn.block");
+            }
+        }
         if (Dp != D) {
             out = named(ggml_cont(ctx, ggml_view_4d(ctx, out, D, heads, Tq, N, out->nb[1], out->nb[2], out->nb[3], 0)),
                         "attn.layout");

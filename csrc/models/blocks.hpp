@@ -25,6 +25,9 @@ struct Graph {
     // Matrix products with at least this many activation columns (tokens x batch) first convert a non-f32 weight
     // to f32 in the compute buffer (0: never). See begin().
     int64_t f32_matmul_min_cols = 0;
+    // Query blocks CPU flash attentions may still split into (3 nodes each): half the graph's node capacity, so
+    // splitting never overflows it (see attention_core).
+    mutable int64_t attention_blocks_left = 0;
 
     // Starts a graph on `runner`. f32_matmul_min_cols < 0 picks the backend's default: 256 on the CPU, where
     // f32 sgemm (OpenBLAS when loaded, else llamafile's) outruns ggml's f16 and q8_0 kernels, which convert or
@@ -41,6 +44,9 @@ struct Graph {
     bool wide(int64_t cols) const { return f32_matmul_min_cols > 0 && cols >= f32_matmul_min_cols; }
     // OpenBLAS is loaded and enabled (runtime/blas.hpp) and the graph runs on the CPU.
     bool use_blas() const;
+
+    // The token sdcpp's custom ops in this graph poll (the runner's).
+    const CancelToken* cancel() const { return runner.cancel_token().get(); }
 
     ggml_tensor* w(const std::string& name) const { return runner.weight(name); }
     bool has(const std::string& name) const { return runner.has_weight(name); }

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "models/clip.hpp"
+#include "models/compute_py.hpp"
 #include "models/introspection_py.hpp"
 #include "models/register.hpp"
 
@@ -46,10 +47,7 @@ py::dict clip_compute(ClipTextModel& model, const IntArray& tokens, const IntArr
     req.final_norm = final_norm;
     req.want_pooled = want_pooled;
     ClipOutput out;
-    {
-        py::gil_scoped_release nogil;
-        out = model.compute(tok.data(), B, T, pos.data(), req);
-    }
+    run_pass(model, [&] { out = model.compute(tok.data(), B, T, pos.data(), req); });
     py::dict d;
     const py::ssize_t C = model.hidden_size();
     d["hidden"] = to_numpy(std::move(out.hidden), {B, T, C});

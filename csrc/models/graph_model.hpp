@@ -1,8 +1,11 @@
-// What every model graph shares: its GraphRunner, the lock that serialises passes on it, and introspection.
+// What every model graph shares: its GraphRunner, the lock that serialises passes on it, its cancel token and
+// introspection.
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -13,7 +16,7 @@ namespace sdcpp {
 
 class GraphModel {
 public:
-    GraphModel(WeightStore& weights, int n_threads) : runner_(weights, n_threads) {}
+    GraphModel(WeightStore& weights, int n_threads) : runner_(weights, n_threads), token_(runner_.cancel_token()) {}
 
     // Every weight a graph has read so far (a copy: a pass may run on another thread).
     std::vector<std::string> used_weights() const {
@@ -34,10 +37,30 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         return runner_.last_profile();
     }
+    // The token that stops this model's passes (see GraphRunner). Reading it does not wait for a running pass,
+    // so another thread can cancel one; sharing another token (set_cancel_token) waits for the pass to end.
+    std::shared_ptr<CancelToken> cancel_token() const {
+        std::lock_guard<std::mutex> lock(token_mutex_);
+        return token_;
+    }
+    void set_cancel_token(std::shared_ptr<CancelToken> token) {
+        if (token == nullptr) {
+            throw std::invalid_argument("set_cancel_token: null token");
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        std::lock_guard<std::mutex> token_lock(token_mutex_);
+        runner_.set_cancel_token(token);
+        token_ = std::move(token);
+    }
 
 protected:
     GraphRunner runner_;
     mutable std::mutex mutex_;  // one graph at a time per runner
+
+private:
+    // runner_'s token, also held here so reading it never waits for a pass (runner_ is the pass's, under mutex_).
+    mutable std::mutex token_mutex_;
+    std::shared_ptr<CancelToken> token_;
 };
 
 }  // namespace sdcpp

@@ -1,8 +1,11 @@
-// The introspection every model graph binding offers (weights read, buffer size, per-node profile).
+// The introspection every model graph binding offers (weights read, buffer size, per-node profile), and its cancel
+// token.
 #pragma once
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+
+#include "runtime/cancel.hpp"
 
 namespace sdcpp {
 
@@ -21,7 +24,9 @@ void bind_introspection(pybind11::class_<Model>& cls) {
                 }
                 return out;
             },
-            "(op, node name, seconds, flops) per graph node of the last profiled run");
+            "(op, node name, seconds, flops) per graph node of the last profiled run")
+        .def_property("cancel_token", &Model::cancel_token, &Model::set_cancel_token,
+                      "The CancelToken that stops this model's passes; models given one token stop together.");
 }
 
 }  // namespace sdcpp

@@ -2,6 +2,7 @@
 
 #include <pybind11/stl.h>
 
+#include "models/compute_py.hpp"
 #include "models/nchw_py.hpp"
 #include "models/introspection_py.hpp"
 #include "models/register.hpp"
@@ -39,9 +40,12 @@ Nchw predict(Unet& unet, const FloatArray& latents, const FloatArray& timesteps,
         added.time_ids = time_ids->data();
         added.n_time_ids = is[1];
     }
-    py::gil_scoped_release nogil;
-    return unet.predict(latents.data(), s[0], s[1], s[2], s[3], timesteps.data(), context.data(), cs[1], cs[2],
-                        added);
+    Nchw out;
+    run_pass(unet, [&] {
+        out = unet.predict(latents.data(), s[0], s[1], s[2], s[3], timesteps.data(), context.data(), cs[1], cs[2],
+                           added);
+    });
+    return out;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include <pybind11/stl.h>
 
+#include "models/compute_py.hpp"
 #include "models/nchw_py.hpp"
 #include "models/introspection_py.hpp"
 #include "models/register.hpp"
@@ -28,10 +29,7 @@ void register_vae(py::module_& m) {
             [](Vae& vae, const FloatArray& latents) {
                 const auto s = shape_of(latents, 4, "latents");
                 Nchw out;
-                {
-                    py::gil_scoped_release nogil;
-                    out = vae.decode(latents.data(), s[0], s[1], s[2], s[3]);
-                }
+                run_pass(vae, [&] { out = vae.decode(latents.data(), s[0], s[1], s[2], s[3]); });
                 return to_numpy(std::move(out));
             },
             py::arg("latents"), "latents [N, C, h, w] float32 -> images [N, 3, 8h, 8w]")
@@ -47,10 +45,7 @@ void register_vae(py::module_& m) {
                     n_eps = static_cast<size_t>(noise->size());
                 }
                 Nchw out;
-                {
-                    py::gil_scoped_release nogil;
-                    out = vae.encode(images.data(), s[0], s[1], s[2], s[3], eps, n_eps);
-                }
+                run_pass(vae, [&] { out = vae.encode(images.data(), s[0], s[1], s[2], s[3], eps, n_eps); });
                 return to_numpy(std::move(out));
             },
             py::arg("images"), py::arg("noise") = py::none(),

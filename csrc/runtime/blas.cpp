@@ -92,11 +92,17 @@ int64_t query_block(int64_t Tq, int64_t Tk) {
     return std::min<int64_t>(Tq, std::min<int64_t>(rows, 512));
 }
 
+struct AttentionArgs {
+    const CancelToken* cancel;
+    int64_t heads;
+};
+
 void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const ggml_tensor* q = dst->src[0];
     const ggml_tensor* k = dst->src[1];
     const ggml_tensor* v = dst->src[2];
-    const int64_t heads = reinterpret_cast<intptr_t>(userdata);
+    const auto* args = static_cast<const AttentionArgs*>(userdata);
+    const int64_t heads = args->heads;
     const int64_t C = q->ne[0], Tq = q->ne[1], Tk = k->ne[1], N = q->ne[2], D = C / heads;
     const int64_t rows = query_block(Tq, Tk), blocks = (Tq + rows - 1) / rows;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -104,6 +110,9 @@ void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
     scores.resize(static_cast<size_t>(rows * Tk));
     const sgemm_fn gemm = sgemm.load();
     for (int64_t task = ith; task < N * heads * blocks; task += nth) {
+        if (stop_requested(args->cancel)) {  // a task: two sgemm of at most 2^18 scores x the head width
+            return;
+        }
         const int64_t n = task / (heads * blocks), h = task / blocks % heads, q0 = task % blocks * rows;
         const int64_t m = std::min(rows, Tq - q0);
         const float* qp = static_cast<const float*>(q->data) + (n * Tq + q0) * C + h * D;
@@ -129,9 +138,10 @@ void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
 }
 
 // Rows [r0, r1) of y [R, M] (row-major) = x [R, K] * w [M, K]^T.
-void rows_product(ggml_tensor* dst, int ith, int nth, void*) {
+void rows_product(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
+    const auto* cancel = static_cast<const CancelToken*>(userdata);
     const int64_t K = w->ne[0], M = w->ne[1], R = ggml_nelements(x) / K;
     // Blocks of 16 rows keep each thread's sgemm on whole register tiles.
     const int64_t per = ((R + nth - 1) / nth + 15) & ~int64_t(15);
@@ -139,18 +149,33 @@ void rows_product(ggml_tensor* dst, int ith, int nth, void*) {
     if (r0 >= r1) {
         return;
     }
-    float* y = static_cast<float*>(dst->data) + r0 * M;
-    const ggml_tensor* bias = dst->src[2];
-    if (bias != nullptr) {  // the bias goes in first and sgemm accumulates onto it: one pass over y saved
-        const float* b = static_cast<const float*>(bias->data);
-        for (int64_t r = 0; r < r1 - r0; r++) {
-            std::copy(b, b + M, y + r * M);
+    const float* b = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
+    // Pieces of ~2^30 multiply-adds (a few ms of one core) between looks at the token. Each sgemm call packs its
+    // operands again, so the pieces cut the larger of this thread's rows and the weight's rows: what is packed
+    // once per piece is the smaller matrix. Most products fit in one piece.
+    const int64_t rows = r1 - r0;
+    const int64_t pieces = std::max<int64_t>(1, rows * M / std::max<int64_t>(1, (int64_t(1) << 30) / K));
+    const bool by_rows = rows >= M;
+    const int64_t span = by_rows ? rows : M;
+    const int64_t step = std::max<int64_t>(16, ((span + pieces - 1) / pieces + 15) & ~int64_t(15));
+    for (int64_t p0 = 0; p0 < span; p0 += step) {
+        if (stop_requested(cancel)) {
+            return;
         }
+        const int64_t p1 = std::min(span, p0 + step);
+        const int64_t y0 = by_rows ? r0 + p0 : r0, ny = by_rows ? p1 - p0 : rows;  // rows of y
+        const int64_t m0 = by_rows ? 0 : p0, nm = by_rows ? M : p1 - p0;            // columns of y
+        float* y = static_cast<float*>(dst->data) + y0 * M + m0;
+        if (b != nullptr) {  // the bias goes in first and sgemm accumulates onto it: one pass over y saved
+            for (int64_t r = 0; r < ny; r++) {
+                std::copy(b + m0, b + m0 + nm, y + r * M);
+            }
+        }
+        sgemm.load()(kRowMajor, kNoTrans, kTrans, static_cast<int>(ny), static_cast<int>(nm), static_cast<int>(K),
+                     1.0f, static_cast<const float*>(x->data) + y0 * K, static_cast<int>(K),
+                     static_cast<const float*>(w->data) + m0 * K, static_cast<int>(K), b != nullptr ? 1.0f : 0.0f, y,
+                     static_cast<int>(M));
     }
-    sgemm.load()(kRowMajor, kNoTrans, kTrans, static_cast<int>(r1 - r0), static_cast<int>(M), static_cast<int>(K),
-                 1.0f, static_cast<const float*>(x->data) + r0 * K, static_cast<int>(K),
-                 static_cast<const float*>(w->data), static_cast<int>(K), bias != nullptr ? 1.0f : 0.0f, y,
-                 static_cast<int>(M));
 }
 
 }  // namespace
@@ -191,7 +216,8 @@ void set_enabled(bool on) { use.store(on); }
 bool enabled() { return use.load() && sgemm.load() != nullptr; }
 
 // Output channels [o0, o1) of one image, in bands of output rows whose accumulator stays within ~4 MiB.
-void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void*) {
+void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void* userdata) {
+    const auto* cancel = static_cast<const CancelToken*>(userdata);
     const ggml_tensor* xp = dst->src[0];
     const ggml_tensor* taps = dst->src[1];
     const int64_t Wp = xp->ne[0], Hp = xp->ne[1], C = xp->ne[2], N = xp->ne[3];
@@ -224,6 +250,9 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void*) {
                 }
             }
             for (int t = 0; t < 9; t++) {
+                if (stop_requested(cancel)) {  // a tap: C multiply-adds per accumulator float (<= 2^20 of them)
+                    return;
+                }
                 const int ky = t / 3, kx = t % 3;
                 gemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(o1 - o0), static_cast<int>(P),
                      static_cast<int>(C), 1.0f, w + (t * OC + o0) * C, static_cast<int>(C),
@@ -241,16 +270,19 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void*) {
     }
 }
 
-ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps, ggml_tensor* bias) {
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps, ggml_tensor* bias,
+                     const CancelToken* cancel) {
     ggml_tensor* args[] = {xp, taps, bias};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, xp->ne[0] - 2, xp->ne[1] - 3, taps->ne[1], xp->ne[3], args,
-                          bias ? 3 : 2, conv3x3_channels, GGML_N_TASKS_MAX, nullptr);
+                          bias ? 3 : 2, conv3x3_channels, GGML_N_TASKS_MAX, const_cast<CancelToken*>(cancel));
 }
 
-ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads,
+                       const CancelToken* cancel) {
     ggml_tensor* args[] = {q, k, v};
+    AttentionArgs* params = custom_op_args(ctx, AttentionArgs{cancel, heads});
     return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attention_blocks,
-                          GGML_N_TASKS_MAX, reinterpret_cast<void*>(static_cast<intptr_t>(heads)));
+                          GGML_N_TASKS_MAX, params);
 }
 
 double flops(const ggml_tensor* node) {
@@ -273,10 +305,10 @@ double flops(const ggml_tensor* node) {
     return 0.0;
 }
 
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias) {
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel) {
     ggml_tensor* args[] = {w, x, bias};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2,
-                          rows_product, GGML_N_TASKS_MAX, nullptr);
+                          rows_product, GGML_N_TASKS_MAX, const_cast<CancelToken*>(cancel));
 }
 
 }  // namespace sdcpp::blas

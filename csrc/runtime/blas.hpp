@@ -11,6 +11,8 @@
 
 #include <ggml.h>
 
+#include "runtime/cancel.hpp"
+
 namespace sdcpp::blas {
 
 // Opens the library and resolves sgemm; returns false (and stays unavailable) when either fails.
@@ -23,7 +25,10 @@ bool enabled();
 // dst = w x as ggml_mul_mat(w, x) computes it, for f32 w [K, M] and f32 x [K, R...] (both contiguous): a custom
 // op whose rows of the result are split across ggml's threads, each calling a single-threaded sgemm.
 // `bias` (f32 [M], contiguous) is added in the same pass, or nullptr.
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias);
+//
+// Every op here stops early (leaving its output incomplete) once `cancel` (may be null) is set, looking at it
+// between blocks of at most a few milliseconds of one core's work; GraphRunner::run then throws CancelledError.
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel);
 
 // 3x3 convolution, stride 1, of a padded input xp [W+2, H+3, C, N] (one zero column each side, one zero row on top
 // and two below) with taps [C, OC, 9] (f32; tap t = 3*ky + kx is a row-major OC x C matrix) -> [W, H, OC, N].
@@ -31,7 +36,8 @@ ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_ten
 // input) and no transpose back; the two pad columns per row are computed and dropped. Threads split the output
 // channels.
 // `bias` (f32 [OC], contiguous) is added in the same pass, or nullptr.
-ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps, ggml_tensor* bias);
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps, ggml_tensor* bias,
+                     const CancelToken* cancel);
 
 // Multiply-adds x 2 of a node made by this file (0 for any other node), for the profiler.
 double flops(const ggml_tensor* node);
@@ -40,6 +46,7 @@ double flops(const ggml_tensor* node);
 // [h*D, (h+1)*D)) -> [C, Tq, N]. Blocks of queries small enough for their scores to stay in cache go through two
 // sgemm calls that read the heads in place (no permutes, no padding); threads take blocks in turn. ggml's fused
 // kernel ran the SD1.5 UNet's attention at ~80 GFLOP/s here, a third of a 64x64-latent call.
-ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads);
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads,
+                       const CancelToken* cancel);
 
 }  // namespace sdcpp::blas

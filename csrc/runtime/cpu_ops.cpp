@@ -2,20 +2,18 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 namespace sdcpp::cpu_ops {
 
 namespace {
 
-// What one group-norm node needs besides its tensors, packed into the custom op's userdata pointer value (no
-// allocation to outlive the graph): groups in bits 0-15, SiLU in bit 16, eps's float bits in 32-63.
-uintptr_t pack(int groups, float eps, bool silu) {
-    uint32_t eps_bits = 0;
-    std::memcpy(&eps_bits, &eps, sizeof(eps_bits));
-    return (static_cast<uintptr_t>(eps_bits) << 32) | (silu ? uintptr_t(1) << 16 : 0) |
-           static_cast<uintptr_t>(groups & 0xFFFF);
-}
+// What one group-norm node needs besides its tensors (custom_op_args keeps it in the graph's context).
+struct GroupNormArgs {
+    const CancelToken* cancel;
+    int64_t groups;
+    float eps;
+    bool silu;
+};
 
 // Sum of term(x[i]) over n floats: 16 float lanes over blocks of 1024 values, block sums added in double, so the
 // loop vectorizes (inlined into its caller's SIMD clone) and long groups keep double-like accuracy.
@@ -82,33 +80,33 @@ void group_norm_groups(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const ggml_tensor* x = dst->src[0];
     const float* gamma = static_cast<const float*>(dst->src[1]->data);
     const float* beta = static_cast<const float*>(dst->src[2]->data);
-    const uintptr_t packed = reinterpret_cast<uintptr_t>(userdata);
-    const int64_t groups = static_cast<int64_t>(packed & 0xFFFF);
-    const bool silu = (packed >> 16) & 1;
-    const uint32_t eps_bits = static_cast<uint32_t>(packed >> 32);
-    float eps = 0.0f;
-    std::memcpy(&eps, &eps_bits, sizeof(eps));
+    const GroupNormArgs args = *static_cast<const GroupNormArgs*>(userdata);
+    const int64_t groups = args.groups;
     const int64_t plane = x->ne[0] * x->ne[1], C = x->ne[2], N = x->ne[3], cg = C / groups;
     const int64_t count = cg * plane;
     for (int64_t task = ith; task < N * groups; task += nth) {
+        if (stop_requested(args.cancel)) {
+            return;
+        }
         const int64_t n = task / groups, grp = task % groups;
         const int64_t offset = (n * C + grp * cg) * plane;
         const float* xs = static_cast<const float*>(x->data) + offset;
         double mean = 0.0, var = 0.0;
         moments(xs, count, &mean, &var);
-        const double rstd = 1.0 / std::sqrt(var + eps);
+        const double rstd = 1.0 / std::sqrt(var + args.eps);
         normalize_group(xs, static_cast<float*>(dst->data) + offset, cg, plane, gamma + grp * cg, beta + grp * cg,
-                        mean, rstd, silu);
+                        mean, rstd, args.silu);
     }
 }
 
 }  // namespace
 
 ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* gamma, ggml_tensor* beta, int groups,
-                        float eps, bool silu) {
+                        float eps, bool silu, const CancelToken* cancel) {
     ggml_tensor* args[] = {x, gamma, beta};
+    GroupNormArgs* params = custom_op_args(ctx, GroupNormArgs{cancel, groups, eps, silu});
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, 3, group_norm_groups,
-                          GGML_N_TASKS_MAX, reinterpret_cast<void*>(pack(groups, eps, silu)));
+                          GGML_N_TASKS_MAX, params);
 }
 
 }  // namespace sdcpp::cpu_ops

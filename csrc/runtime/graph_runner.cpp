@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
+#include <utility>
 
 #include "convert.hpp"
 #include "runtime/blas.hpp"
@@ -37,9 +39,11 @@ void GraphRunner::free_graph() {
 ggml_context* GraphRunner::begin(size_t max_nodes) {
     free_graph();
     max_nodes_ = max_nodes;
-    // Metadata only (no_alloc): tensor data lives in the gallocr buffer.
+    // Metadata only (no_alloc): tensor data lives in the gallocr buffer. Each node may also carry a custom op's
+    // argument block (custom_op_args).
     ggml_init_params params{};
-    params.mem_size = ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
+    params.mem_size =
+        (ggml_tensor_overhead() + kCustomOpArgsBudget) * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
     params.mem_buffer = nullptr;
     params.no_alloc = true;
     ctx_ = ggml_init(params);
@@ -87,9 +91,38 @@ bool GraphRunner::has_weight(const std::string& name) const {
     return weights_.contains(name);
 }
 
+void GraphRunner::set_cancel_token(std::shared_ptr<CancelToken> token) {
+    if (token == nullptr) {
+        throw std::invalid_argument("GraphRunner::set_cancel_token: null token");
+    }
+    cancel_ = std::move(token);
+}
+
+namespace {
+
+// Installs the token as the backend's abort callback for one computation (the backend is shared by every graph
+// model of a WeightStore) and takes it off again, so the backend never holds a pointer past the pass.
+class AbortGuard {
+public:
+    AbortGuard(ggml_backend_t backend, CancelToken* token) : backend_(backend) {
+        set_backend_abort_callback(backend_, &CancelToken::abort_callback, token);
+    }
+    ~AbortGuard() { set_backend_abort_callback(backend_, nullptr, nullptr); }
+    AbortGuard(const AbortGuard&) = delete;
+    AbortGuard& operator=(const AbortGuard&) = delete;
+
+private:
+    ggml_backend_t backend_;
+};
+
+}  // namespace
+
 void GraphRunner::run(const std::vector<ggml_tensor*>& outputs) {
     if (ctx_ == nullptr) {
         throw std::logic_error("GraphRunner::run before begin()");
+    }
+    if (cancel_->cancelled()) {
+        throw CancelledError(cancel_->reason());
     }
     ggml_cgraph* gf = ggml_new_graph_custom(ctx_, max_nodes_, false);
     for (ggml_tensor* out : outputs) {
@@ -105,11 +138,24 @@ void GraphRunner::run(const std::vector<ggml_tensor*>& outputs) {
         ggml_backend_tensor_set(p.tensor, p.bytes.data(), 0, p.bytes.size());
     }
     set_backend_threads(weights_.backend(), n_threads_);
+    AbortGuard abort(weights_.backend(), cancel_.get());
     if (profiling_) {
         compute_profiled(gf);
-        return;
+    } else {
+        compute(gf);
     }
-    if (ggml_backend_graph_compute(weights_.backend(), gf) != GGML_STATUS_SUCCESS) {
+    // A custom op that saw the token may have stopped early after ggml's last check: its output is incomplete.
+    if (cancel_->cancelled()) {
+        throw CancelledError(cancel_->reason());
+    }
+}
+
+void GraphRunner::compute(ggml_cgraph* gf) {
+    const ggml_status status = ggml_backend_graph_compute(weights_.backend(), gf);
+    if (status == GGML_STATUS_ABORTED) {
+        throw CancelledError(cancel_->reason());
+    }
+    if (status != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("GraphRunner: graph computation failed");
     }
 }
@@ -119,20 +165,19 @@ void GraphRunner::compute_profiled(ggml_cgraph* gf) {
     ggml_init_params params{};
     params.mem_size = ggml_graph_overhead_custom(1, false);
     params.no_alloc = true;
-    ggml_context* one_ctx = ggml_init(params);
-    ggml_cgraph* one = ggml_new_graph_custom(one_ctx, 1, false);
+    std::unique_ptr<ggml_context, decltype(&ggml_free)> one_ctx(ggml_init(params), &ggml_free);
+    ggml_cgraph* one = ggml_new_graph_custom(one_ctx.get(), 1, false);
     const int n = ggml_graph_n_nodes(gf);
     for (int i = 0; i < n; ++i) {
         ggml_tensor* node = ggml_graph_node(gf, i);
+        if (cancel_->cancelled()) {  // ggml checks only after a graph's node: here before each
+            throw CancelledError(cancel_->reason());
+        }
         ggml_graph_clear(one);
         ggml_graph_add_node(one, node);
         const auto t0 = std::chrono::steady_clock::now();
-        const ggml_status status = ggml_backend_graph_compute(weights_.backend(), one);
+        compute(one);
         const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
-        if (status != GGML_STATUS_SUCCESS) {
-            ggml_free(one_ctx);
-            throw std::runtime_error("GraphRunner: graph computation failed");
-        }
         double flops = 0.0;
         if (node->op == GGML_OP_CUSTOM) {
             flops = blas::flops(node);
@@ -143,7 +188,6 @@ void GraphRunner::compute_profiled(ggml_cgraph* gf) {
         }
         profile_.push_back({ggml_op_desc(node), ggml_get_name(node), dt.count(), flops});
     }
-    ggml_free(one_ctx);
 }
 
 void GraphRunner::read(const ggml_tensor* t, void* dst, size_t size) const {

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,7 @@
 #include <ggml-backend.h>
 #include <ggml.h>
 
+#include "runtime/cancel.hpp"
 #include "weight_store.hpp"
 
 namespace sdcpp {
@@ -29,6 +31,10 @@ public:
 //   runner.run({y});  runner.read(y, out, nbytes);
 // The compute buffer (ggml_gallocr) lives as long as the runner and only grows, so repeated calls
 // with the same shapes (sampler steps) allocate nothing. Not thread-safe: one pass at a time.
+// Cancellation: run() throws CancelledError when the runner's CancelToken is set before or during the pass. On the
+// CPU, ggml's abort callback reads the token between nodes and sdcpp's custom ops between blocks of work; other
+// backends (CUDA has no abort callback in this ggml) only stop between graphs. An aborted pass leaves nothing
+// behind: the next run() allocates, uploads and computes afresh.
 class GraphRunner {
 public:
     explicit GraphRunner(WeightStore& weights, int n_threads = 0);
@@ -39,6 +45,7 @@ public:
     // Starts a new graph; tensors of the previous one become invalid.
     ggml_context* begin(size_t max_nodes = 65536);
     ggml_context* ctx() const { return ctx_; }
+    size_t max_nodes() const { return max_nodes_; }  // of the graph begun last
 
     // A graph input; `data` is copied now and uploaded after allocation.
     ggml_tensor* input(ggml_type type, const std::vector<int64_t>& ne, const void* data, size_t nbytes);
@@ -46,12 +53,17 @@ public:
     ggml_tensor* weight(const std::string& name) const;
     bool has_weight(const std::string& name) const;
 
-    // Builds, allocates and computes the graph producing `outputs`.
+    // Builds, allocates and computes the graph producing `outputs`; throws CancelledError if the token stops it.
     void run(const std::vector<ggml_tensor*>& outputs);
     // Copies a computed tensor (contiguous) out; size must equal ggml_nbytes.
     void read(const ggml_tensor* t, void* dst, size_t size) const;
 
     size_t compute_buffer_size() const;
+
+    // The token run() obeys: the runner's own until set_cancel_token shares one (a model's graphs share theirs).
+    // Custom ops built for this runner's graphs take cancel_token().get(), valid while the graph is.
+    const std::shared_ptr<CancelToken>& cancel_token() const { return cancel_; }
+    void set_cancel_token(std::shared_ptr<CancelToken> token);
 
     // Profiling (for benchmarks): when on, run() computes one node at a time and records each node's wall
     // time. Slower than a normal run (a thread start/stop per node), so only the split between ops is meaningful.
@@ -75,6 +87,7 @@ private:
     };
     void free_graph();
     void compute_profiled(ggml_cgraph* gf);
+    void compute(ggml_cgraph* gf);
 
     WeightStore& weights_;
     int n_threads_;
@@ -85,6 +98,7 @@ private:
     mutable std::set<std::string> used_;
     bool profiling_ = false;
     std::vector<NodeTime> profile_;
+    std::shared_ptr<CancelToken> cancel_ = std::make_shared<CancelToken>();
 };
 
 }  // namespace sdcpp

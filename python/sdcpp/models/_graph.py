@@ -1,4 +1,4 @@
-"""What every model wrapper offers around its sdcpp._core graph object (introspection and profiling)."""
+"""What every model wrapper offers around its sdcpp._core graph object (introspection, profiling, cancellation)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,23 @@ def resolve_flash_attn(weights, flash_attn: bool | None) -> bool:
 
 
 class GraphModel:
+    """Calls into the graph run without the GIL. A Ctrl-C (or any signal handler that raises) on the main thread
+    stops the running pass within ~0.1 s on the CPU backend and propagates (KeyboardInterrupt); `cancel_token`
+    stops passes from any thread (sdcpp.Cancelled). GPU backends have no abort callback in this ggml (CUDA): there
+    both take effect when the pass ends, before the next one."""
+
     _graph = None  # the sdcpp._core model object, set by the subclass
+
+    @property
+    def cancel_token(self):
+        """The `sdcpp._core.CancelToken` that stops this model's passes: `cancel()` from any thread stops the
+        running pass (it raises sdcpp.Cancelled) and refuses new ones until `reset()`. Assign one token to several
+        models to stop them together (sdcpp.Model does)."""
+        return self._graph.cancel_token
+
+    @cancel_token.setter
+    def cancel_token(self, token) -> None:
+        self._graph.cancel_token = token
 
     def used_weights(self) -> set[str]:
         """Weight names the graphs built so far have read."""

@@ -72,16 +72,20 @@ def _start(model, o: Options, rng: BatchRNG, sigmas: np.ndarray, report: Generat
 
 
 class _Steps:
-    """The sampler callback: per-step timing, tqdm bar or the user's callback(step, total, info)."""
+    """The sampler callback: per-step timing, tqdm bar or the user's callback(step, total, info). A callback
+    returning False cancels through the model's token, the one mechanism `Model.cancel()` also uses: the token
+    stops the pass running on it (sdcpp.Cancelled from the graph) or, between passes, the next step here."""
 
-    def __init__(self, progress, total: int, report: GenerationReport):
-        self.progress, self.total, self.report = progress, total, report
+    def __init__(self, progress, total: int, report: GenerationReport, cancel):
+        self.progress, self.total, self.report, self.cancel = progress, total, report, cancel
         self.bar = None if callable(progress) else tqdm(total=total, desc="sampling", unit="step",
                                                         disable=None if progress else True, leave=False)
         self.last = time.perf_counter()
 
     def user(self, step: int, info: dict) -> bool:
         if callable(self.progress) and self.progress(step, self.total, info) is False:
+            self.cancel.cancel()
+        if self.cancel.cancelled:
             raise Cancelled(f"generation cancelled after {step} of {self.total} steps")
         return True
 
@@ -136,7 +140,7 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     if blend is not None:
         guided = MaskedDenoiser(guided, *blend)
 
-    steps = _Steps(o.progress, len(sigmas) - 1, report)
+    steps = _Steps(o.progress, len(sigmas) - 1, report, model.cancel_token)
     try:
         steps.user(0, dict(step_time=0.0, latents=x, denoised=None))  # lets a callback cancel before any step
         if len(sigmas) > 1:

@@ -8,6 +8,7 @@ import threading
 import time
 
 from .. import checks
+from .._native import core
 from ..models.unet import UNet
 from ..models.vae import VAE
 from ..sampling import TrainSchedule
@@ -38,7 +39,7 @@ class Model:
     `unet=`, `text_encoder=`, `text_encoder_2=`: component files replacing the model's; `type=`, `unet_type=`,
     `te_type=`, `vae_type=`, `rules=`: the quantization request (quantize-on-load). `prediction`: override
     the detected "epsilon" / "v_prediction". `n_threads`: 0 = one per physical core. Calls from several threads are
-    serialised (one lock per Model)."""
+    serialised (one lock per Model); `cancel()` from any thread stops the running one."""
 
     def __init__(self, path, *, device: str = "cpu", n_threads: int = 0, prediction: str | None = None,
                  flash_attn: bool | None = None, progress=True, **quant_request):
@@ -65,6 +66,13 @@ class Model:
         self.default_size = self.weights.config.default_size
         self.load_seconds = time.perf_counter() - start
         self._lock = threading.Lock()
+        # One token stops every graph of this model (UNet, VAE, text encoders): Model.cancel() and a progress
+        # callback's False set it. _state guards it together with _running (see cancel()).
+        self.cancel_token = core().CancelToken()
+        for graph in (self.unet, self.vae, *self.prompt_encoder.encoders):
+            graph.cancel_token = self.cancel_token
+        self._state = threading.Lock()
+        self._running = False
         log.info("loaded %s: %s %s (%s) in %.1f s", self.name, spec.family, spec.variant, spec.prediction,
                  self.load_seconds)
 
@@ -98,7 +106,8 @@ class Model:
             aesthetic_score, negative_aesthetic_score. An empty negative prompt is zeros on SDXL base.
         progress: True (tqdm bar), False, or callback(step, total, info) -> bool | None, called with step 0
             before the first step and after each one (info: step_time, latents, denoised); returning False
-            raises sdcpp.Cancelled (the model stays usable). extra: more fields for the PNG parameters text.
+            cancels as `cancel()` does: sdcpp.Cancelled (the model stays usable). Ctrl-C stops a running graph
+            within ~0.1 s on the CPU (KeyboardInterrupt). extra: more fields for the PNG parameters text.
         """
         unknown = set(options) - Options.names()
         if unknown:
@@ -108,7 +117,27 @@ class Model:
                 raise TypeError(f"{name} must be a string, got {type(text).__name__}")
         opts = Options(**options)
         with self._lock:
-            return run(self, prompt, negative_prompt, opts)
+            with self._state:
+                self.cancel_token.reset()
+                self._running = True
+            try:
+                return run(self, prompt, negative_prompt, opts)
+            finally:
+                with self._state:
+                    self._running = False
+                    self.cancel_token.reset()
+
+    def cancel(self) -> bool:
+        """Stop the generation running now, from any thread: it raises sdcpp.Cancelled in its caller within ~0.1 s
+        on the CPU (a running graph stops between nodes and inside sdcpp's own long ops; GPU backends finish the
+        graph first), and the model stays usable. Returns whether a generation was running. Only that one is
+        cancelled: a call while none runs does nothing, and generations waiting for this one (other threads'
+        calls) run normally; each generation starts with the token clear, so a cancel() that loses the race with
+        a starting generate() is not carried into it."""
+        with self._state:
+            if self._running:
+                self.cancel_token.cancel()
+            return self._running
 
 
 def generate(model_path, prompt: str, negative_prompt: str = "", **options):

@@ -185,6 +185,20 @@ def _vae_mid(s: Shapes, p: str, h: int, groups: int) -> int:
     return h
 
 
+def _vae_stage(s: Shapes, blocks: str, resampler: str, h: int, groups: int) -> tuple[int, int]:
+    """The encoder's down blocks or the decoder's up blocks: resnets, then a resampling conv that keeps the channels.
+    Returns (channels after the stage, number of resampling convs)."""
+    n = 0
+    for i in range(_count(s, blocks + ".{}.resnets.0.conv1.weight")):
+        b = f"{blocks}.{i}"
+        for j in range(_count(s, b + ".resnets.{}.conv1.weight")):
+            h = _resnet(s, f"{b}.resnets.{j}", h, None, groups)
+        if s.has(f"{b}.{resampler}.0.conv.weight"):
+            s.conv(f"{b}.{resampler}.0.conv", h, h, 3, f"{resampler} keep {h} channels")
+            n += 1
+    return h, n
+
+
 def vae_arch(s: Shapes, *, groups: int) -> VaeArch:
     dec = "vae.decoder"
     conv_in = s.need(dec + ".conv_in.weight")
@@ -195,14 +209,7 @@ def vae_arch(s: Shapes, *, groups: int) -> VaeArch:
     h = s.conv(dec + ".conv_in", latent, None, 3, f"{latent} latent channels")
     mid_attention = s.has(dec + ".mid_block.attentions.0.to_q.weight")
     h = _vae_mid(s, dec + ".mid_block", h, groups)
-    ups = 0
-    for i in range(_count(s, dec + ".up_blocks.{}.resnets.0.conv1.weight")):
-        b = f"{dec}.up_blocks.{i}"
-        for j in range(_count(s, b + ".resnets.{}.conv1.weight")):
-            h = _resnet(s, f"{b}.resnets.{j}", h, None, groups)
-        if s.has(b + ".upsamplers.0.conv.weight"):
-            s.conv(b + ".upsamplers.0.conv", h, h, 3, f"upsampling keeps {h} channels")
-            ups += 1
+    h, ups = _vae_stage(s, dec + ".up_blocks", "upsamplers", h, groups)
     s.norm(dec + ".conv_norm_out", h, f"the decoder's last block gives {h} channels", groups)
     s.conv(dec + ".conv_out", h, 3, 3, "the decoder's RGB output")
     full_res = h
@@ -211,12 +218,7 @@ def vae_arch(s: Shapes, *, groups: int) -> VaeArch:
     has_encoder = s.has(enc + ".conv_in.weight")
     if has_encoder:
         h = s.conv(enc + ".conv_in", 3, None, 3, "the encoder reads RGB")
-        for i in range(_count(s, enc + ".down_blocks.{}.resnets.0.conv1.weight")):
-            b = f"{enc}.down_blocks.{i}"
-            for j in range(_count(s, b + ".resnets.{}.conv1.weight")):
-                h = _resnet(s, f"{b}.resnets.{j}", h, None, groups)
-            if s.has(b + ".downsamplers.0.conv.weight"):
-                s.conv(b + ".downsamplers.0.conv", h, h, 3, f"downsampling keeps {h} channels")
+        h, _ = _vae_stage(s, enc + ".down_blocks", "downsamplers", h, groups)
         h = _vae_mid(s, enc + ".mid_block", h, groups)
         s.norm(enc + ".conv_norm_out", h, f"the encoder's last block gives {h} channels", groups)
         s.conv(enc + ".conv_out", h, 2 * latent, 3, f"mean and log-variance of {latent} latent channels")

@@ -30,13 +30,16 @@ def _add_request_args(p: argparse.ArgumentParser):
     p.add_argument("--rule", action="append", default=[], metavar="REGEX=TYPE",
                    help="type for canonical names matching REGEX (first match wins); repeatable")
     p.add_argument("--prediction", choices=["epsilon", "v_prediction"], help="override the prediction type")
+    p.add_argument("--layout", default="sdcpp", choices=["sdcpp", "stable-diffusion.cpp"],
+                   help="GGUF layout: sdcpp's own (canonical names, quantized conv kernels) or stable-diffusion.cpp's "
+                        "(original single-file names and shapes; conv kernels stay f16)")
 
 
 def _request(a) -> dict:
     model = a.model[0] if len(a.model) == 1 else a.model
     return dict(model=model, unet=a.unet, vae=a.vae, text_encoder=a.text_encoder, text_encoder_2=a.text_encoder_2,
                 prediction=a.prediction, type=a.type, unet_type=a.unet_type, te_type=a.te_type,
-                vae_type=a.vae_type, rules=a.rule or None)
+                vae_type=a.vae_type, rules=a.rule or None, layout=a.layout)
 
 
 def _add_generate_args(p: argparse.ArgumentParser):

@@ -13,11 +13,18 @@ STOP_TIMEOUT = 20.0
 
 
 @contextmanager
-def running(app):
-    """Yields (base URL, uvicorn.Server); the server is stopped (and its worker closed) on exit."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+def running(app, limit: float = 300.0):
+    """Yields (base URL, uvicorn.Server); the server is stopped (and its worker closed) on exit, or after `limit`
+    seconds at the latest: then open connections are closed, so a client waiting on a hung server fails instead of
+    hanging the test run."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    watchdog = threading.Timer(limit, lambda: setattr(server, "should_exit", True))
+    watchdog.daemon = True
     thread.start()
+    watchdog.start()
     deadline = time.monotonic() + START_TIMEOUT
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
@@ -27,9 +34,12 @@ def running(app):
     try:
         yield f"http://127.0.0.1:{port}", server
     finally:
+        timed_out = not watchdog.is_alive()
+        watchdog.cancel()
         server.should_exit = True
         thread.join(STOP_TIMEOUT)
         assert not thread.is_alive(), "the test server did not stop"
+        assert not timed_out, f"the test server ran past its {limit} s limit and was stopped"
 
 
 def wait_for(condition, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -13,7 +13,7 @@ from .destination import check_destination
 from .detect import detect
 from .errors import QuantRequestError
 from .index import TensorIndex, model_paths, open_model
-from .plan import QuantPlan, make_plan
+from .plan import LAYOUTS, QuantPlan, make_plan
 from .report import Inspection
 from .request import QuantRequest
 
@@ -25,13 +25,15 @@ def _source_paths(model, *components) -> list:
 
 
 def _prepare(model, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None, strict=False,
-             **request) -> tuple[TensorIndex, QuantPlan]:
+             layout="sdcpp", **request) -> tuple[TensorIndex, QuantPlan]:
     """strict: refuse (before any weight is read) components whose shapes contradict each other."""
     req = QuantRequest.make(**request)  # validate the request before touching any file
+    if layout not in LAYOUTS:
+        raise QuantRequestError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     index = open_model(model, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
     try:
         spec = detect(index, prediction)
-        plan = make_plan(index, model_config(Shapes.of_index(index), index.configs, spec), req)
+        plan = make_plan(index, model_config(Shapes.of_index(index), index.configs, spec), req, layout)
         if strict:
             plan.config.check()
     except BaseException:
@@ -43,26 +45,32 @@ def _prepare(model, unet=None, vae=None, text_encoder=None, text_encoder_2=None,
 
 
 def inspect(model, *, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None,
-            type=None, unet_type=None, te_type=None, vae_type=None, rules=None) -> Inspection:
+            type=None, unet_type=None, te_type=None, vae_type=None, rules=None, layout="sdcpp") -> Inspection:
     """Read headers only (no tensor data) and report the detected model and what a request would store.
 
     `model`: a .safetensors / .gguf file, a diffusers folder, or a list of them (later ones replace the
     components they hold); `vae=` etc.: single-component files. `type`, `unet_type`, `te_type`,
     `vae_type`: f32, f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1, q2_K..q6_K; `rules`: "regex=type" items on
-    canonical names, first match wins."""
+    canonical names, first match wins. `layout`: what `quantize(layout=...)` would store ("stable-diffusion.cpp"
+    adds that layout's fallbacks, each with its reason)."""
     index, plan = _prepare(model, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                            prediction=prediction, type=type, unet_type=unet_type, te_type=te_type, vae_type=vae_type,
-                           rules=rules)
+                           rules=rules, layout=layout)
     index.close()
     return Inspection.build(index, plan)
 
 
 def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2=None, prediction=None,
              type=None, unet_type=None, te_type=None, vae_type=None, rules=None, n_threads: int = 0,
-             progress=True, budget=None, max_error=None, budget_types=None, budget_prompts=None) -> Inspection:
+             progress=True, budget=None, max_error=None, budget_types=None, budget_prompts=None,
+             layout="sdcpp") -> Inspection:
     """Write a GGUF holding every tensor in its planned type, with sdcpp metadata (family, prediction,
     request, policy version, original shapes of flattened kernels). Written to a temporary file and
     renamed into place; on any error or Ctrl-C nothing is left at `dst`.
+
+    layout: "sdcpp" (canonical names, conv kernels as rows) or "stable-diffusion.cpp": the original single-file
+    names and shapes that stable-diffusion.cpp loads (as its `--mode convert` writes them: OpenCLIP q/k/v fused,
+    4-D conv kernels), where conv kernels cannot be quantized (kept f16, reasons in the returned report).
 
     budget ("1.2GB", "900MiB", bytes) or max_error (relative L2 at the components' outputs): choose a type per
     tensor group from measured sensitivity (sdcpp.evaluation.sensitivity, over `budget_types`, default f16, q8_0,
@@ -74,6 +82,9 @@ def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2
     check_destination(dst, _source_paths(src, unet, vae, text_encoder, text_encoder_2))
     extra = {}
     if budget is not None or max_error is not None:
+        if layout != "sdcpp":
+            raise QuantRequestError("budget/max_error are measured on sdcpp's own layout; "
+                                    f"they cannot choose types for layout={layout!r}")
         if any(t is not None for t in (type, unet_type, te_type, vae_type)):
             raise QuantRequestError("budget/max_error choose the types; give rules= to pin tensors, not type=")
         QuantRequest.make(rules=rules)  # a bad rule fails before the measurement
@@ -88,7 +99,7 @@ def quantize(src, dst, *, unet=None, vae=None, text_encoder=None, text_encoder_2
         type, extra = "f32", {"sdcpp.budget": json.dumps(meta)}
     index, plan = _prepare(src, unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                            prediction=prediction, strict=True, type=type, unet_type=unet_type, te_type=te_type,
-                           vae_type=vae_type, rules=rules)
+                           vae_type=vae_type, rules=rules, layout=layout)
     try:
         write_gguf(dst, index, plan, n_threads=n_threads, progress=progress, extra_metadata=extra)
     finally:

@@ -1,4 +1,4 @@
-"""The `sdcpp` command: generate, inspect, quantize, build-ggml, system-info, tiny-model."""
+"""The `sdcpp` command: generate, serve, inspect, quantize, evaluate, build-ggml, system-info, tiny-model."""
 
 from __future__ import annotations
 
@@ -30,13 +30,16 @@ def _add_request_args(p: argparse.ArgumentParser):
     p.add_argument("--rule", action="append", default=[], metavar="REGEX=TYPE",
                    help="type for canonical names matching REGEX (first match wins); repeatable")
     p.add_argument("--prediction", choices=["epsilon", "v_prediction"], help="override the prediction type")
+    p.add_argument("--layout", default="sdcpp", choices=["sdcpp", "stable-diffusion.cpp"],
+                   help="GGUF layout: sdcpp's own (canonical names, quantized conv kernels) or stable-diffusion.cpp's "
+                        "(original single-file names and shapes; conv kernels stay f16)")
 
 
 def _request(a) -> dict:
     model = a.model[0] if len(a.model) == 1 else a.model
     return dict(model=model, unet=a.unet, vae=a.vae, text_encoder=a.text_encoder, text_encoder_2=a.text_encoder_2,
                 prediction=a.prediction, type=a.type, unet_type=a.unet_type, te_type=a.te_type,
-                vae_type=a.vae_type, rules=a.rule or None)
+                vae_type=a.vae_type, rules=a.rule or None, layout=a.layout)
 
 
 def _add_generate_args(p: argparse.ArgumentParser):
@@ -92,6 +95,42 @@ def _generate(a) -> int:
         print(f"wrote {path} (seed {info['seed']})")
     logging.getLogger("sdcpp").info("%s", images.report)
     return 0
+
+
+def _serve(a) -> int:
+    try:
+        from .server import Limits, serve
+    except ImportError as e:
+        print(f"sdcpp: error: `sdcpp serve` needs the server extra: pip install 'sdcpp[server]' ({e})",
+              file=sys.stderr)
+        return 2
+    from .pipeline import Model
+
+    token = a.token or os.environ.get("SDCPP_TOKEN") or None
+    limits = Limits(max_size=a.max_size, max_steps=a.max_steps, max_images=a.max_images, max_queue=a.max_queue)
+    load = dict(vae=a.vae, type=a.type)
+    model = Model(a.model, n_threads=a.threads, prediction=a.prediction,
+                  **{k: v for k, v in load.items() if v is not None})
+    serve(model, path=a.model, host=a.host, port=a.port, token=token, limits=limits, rng=a.rng,
+          log_level="info" if a.verbose else "warning")
+    return 0
+
+
+def _add_serve_args(p: argparse.ArgumentParser):
+    p.add_argument("model", help="checkpoint file (.safetensors / .gguf) or diffusers folder, kept loaded")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or Basic auth with it as the password); "
+                                   "default: $SDCPP_TOKEN, else none")
+    p.add_argument("--type", help="weight type (quantize on load), e.g. q8_0")
+    p.add_argument("--vae", help="a VAE file replacing the model's VAE")
+    p.add_argument("--prediction", choices=["epsilon", "v_prediction"])
+    p.add_argument("--rng", default="philox", help="default noise: philox (A1111's GPU noise), cpu, numpy")
+    p.add_argument("-t", "--threads", type=int, default=0)
+    p.add_argument("--max-size", type=int, default=2048, help="largest width or height accepted")
+    p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--max-images", type=int, default=8, help="images per request (batch_size x n_iter, n)")
+    p.add_argument("--max-queue", type=int, default=16, help="jobs waiting behind the running one")
 
 
 def _evaluate(a) -> int:
@@ -160,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="text to image; img2img with --init-image, inpainting with --mask")
     _add_generate_args(p)
 
+    p = sub.add_parser("serve", help="an A1111- and OpenAI-compatible HTTP server for one model (sdcpp[server])")
+    _add_serve_args(p)
+
     p = sub.add_parser("build-ggml", help="rebuild ggml (libggml-python) natively for this CPU, or for CUDA")
     p.add_argument("--cuda", metavar="ARCHS", help="CUDA architectures, e.g. 86 or '80;90'")
     p.add_argument("--dry-run", action="store_true", help="print the command only")
@@ -179,6 +221,8 @@ def main(argv=None) -> int:
     try:
         if a.command == "generate":
             return _generate(a)
+        if a.command == "serve":
+            return _serve(a)
         if a.command == "inspect":
             from .api import inspect
 

@@ -83,7 +83,7 @@ class Inspection:
         spec["components_present"] = spec.pop("components")  # "components" is the per-type summary below
         return dict(
             paths=self.paths, formats=self.formats, **spec,
-            request=self.plan.request.to_dict(), policy_version=self.plan.policy_version,
+            request=self.plan.request.to_dict(), policy_version=self.plan.policy_version, layout=self.plan.layout,
             components=self.plan.summary(), bytes_before=before, bytes_after=after,
             fallbacks=[dict(name=e.name, requested=e.requested, type=e.type, reason=e.reason)
                        for e in self.plan.fallbacks()],
@@ -104,7 +104,10 @@ class Inspection:
         lines = [f"model:      {', '.join(f'{p} ({f})' for p, f in zip(self.paths, self.formats, strict=True))}",
                  f"family:     {s.family or 'components only'} ({s.variant}), prediction {s.prediction} "
                  f"[{s.prediction_source}]",
-                 f"request:    {', '.join(f'{k}={v}' for k, v in req.items()) or 'keep stored types'}", ""]
+                 f"request:    {', '.join(f'{k}={v}' for k, v in req.items()) or 'keep stored types'}"]
+        if self.plan.layout != "sdcpp":
+            lines.append(f"layout:     {self.plan.layout} (original single-file names and shapes)")
+        lines.append("")
         header = f"{'component':<16}{'type':<7}{'tensors':>8}{'before':>13}{'after':>13}"
         lines += [header, "-" * len(header)]
         for comp, types in self.plan.summary().items():

@@ -112,3 +112,13 @@ def test_type_spellings(fixtures_dir):
     a = plan_for(fixtures_dir / "sd1" / "single.safetensors", type="Q4_K")
     b = plan_for(fixtures_dir / "sd1" / "single.safetensors", type="q4_k")
     assert a.key() == b.key()
+
+
+def test_sdxl_vae_quantized_on_purpose_loads_back_as_stored(fixtures_dir, tmp_path):
+    out = tmp_path / "vae-q8.gguf"
+    sdcpp.quantize(fixtures_dir / "sdxl" / "single.safetensors", out, vae_type="q8_0", progress=False)
+    back = plan_for(out)  # no request: the stored types
+    vae = [e for e in back if e.component == "vae" and len(e.shape) > 1 and e.source_type == "q8_0"]
+    assert vae and all(e.type == "q8_0" for e in vae)
+    f16 = plan_for(fixtures_dir / "sdxl" / "single.safetensors", type="f16")  # a plain type= still keeps it f32
+    assert all(e.type == "f32" for e in f16 if e.component == "vae")

@@ -127,7 +127,10 @@ def decide(t: CanonicalTensor, config: ModelConfig, request: QuantRequest) -> tu
 
     if len(t.shape) <= 1:
         return fixed("f32", "1-D tensor (bias, norm or scalar) kept f32")
-    if t.component == "vae" and config.family and config.family.vae_keeps_f32 and origin in (None, "type"):
+    # A plain `type=` leaves the SDXL VAE f32, and so does loading an f16 one with no request; a VAE stored
+    # quantized on purpose (a GGUF written with vae_type=) keeps its type when loaded back.
+    overflow_risk = origin == "type" or (origin is None and t.dtype == "f16")
+    if t.component == "vae" and config.family and config.family.vae_keeps_f32 and overflow_risk:
         return fixed("f32", "SDXL VAE kept f32 (its decoder activations overflow f16); set vae_type to change")
     if requested is None or requested == keep or not ggml_types.get(requested).is_quantized:
         return requested, asked, None

@@ -47,8 +47,13 @@ def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
     p.add_argument("--sampler", default="euler_a",
-                   help="euler_a, euler, heun, dpm2, dpm++_2m, dpm++_2s_a, lcm, ddim")
-    p.add_argument("--schedule", default="discrete", help="discrete, karras, exponential, ays, lcm")
+                   help="euler_a, euler, heun, dpm2, dpm++_2m, dpm++_2s_a, dpm++_2m_sde, dpm++_3m_sde, uni_pc, "
+                        "euler_cfg++, lcm, ddim")
+    p.add_argument("--schedule", default="discrete",
+                   help="discrete, karras, exponential, beta, sgm_uniform, simple, ays, lcm")
+    p.add_argument("--start-noise", default="sdcpp", choices=["sdcpp", "diffusers"],
+                   help="txt2img start noise scaling: sdcpp (noise * sigma_0, as A1111) or diffusers' (with --rng cpu "
+                        "and a diffusers seed: the same image)")
     p.add_argument("--seed", type=int, help="default: random (printed)")
     p.add_argument("-W", "--width", type=int, help="default: the family's native size")
     p.add_argument("-H", "--height", type=int)
@@ -84,7 +89,8 @@ def _generate(a) -> int:
                   **{k: v for k, v in load.items() if v is not None})
     images = model.generate(a.prompt, a.negative_prompt, steps=a.steps, guidance_scale=a.cfg, sampler=a.sampler,
                             schedule=a.schedule, seed=a.seed, width=a.width, height=a.height,
-                            num_images=a.num_images, rng=a.rng, clip_skip=a.clip_skip, strength=a.strength,
+                            num_images=a.num_images, rng=a.rng, start_noise=a.start_noise, clip_skip=a.clip_skip,
+                            strength=a.strength,
                             init_image=Image.open(a.init_image) if a.init_image else None,
                             mask_image=Image.open(a.mask) if a.mask else None)
     for path, img, info in zip(outputs, images, images.info, strict=True):

@@ -32,4 +32,7 @@ class MaskedDenoiser:
         return self.mask * x + (np.float32(1) - self.mask) * self.init
 
     def __call__(self, x: np.ndarray, sigma: float) -> np.ndarray:
-        return self.blend(self.denoiser(x, sigma))
+        out = self.blend(self.denoiser(x, sigma))
+        uncond = getattr(self.denoiser, "uncond_denoised", None)
+        self.uncond_denoised = None if uncond is None else self.blend(uncond)
+        return out

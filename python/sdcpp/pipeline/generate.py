@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import Cancelled
-from ..sampling import CFGDenoiser, Denoiser, sample
+from ..sampling import CFGDenoiser, Denoiser, diffusers_init_noise_sigma, get_sampler, sample
 from .conditioning import build_conditioning
 from .denoise import MaskedDenoiser, UNetModel
 from .images import a1111_parameters, to_pil
@@ -24,6 +25,20 @@ log = logging.getLogger("sdcpp")
 
 def _noise(o: Options, rng: BatchRNG, shape) -> np.ndarray:
     return rng.randn(shape) if o.latents is None else o.latents  # checked by Options.resolved
+
+
+def start_sigma(o: Options, sigmas: np.ndarray) -> float:
+    """What txt2img multiplies its unit noise by. "sdcpp" (k-diffusion, A1111, stable-diffusion.cpp): the first
+    sigma. "diffusers": what diffusers' pipeline ends up with in our (VE) frame: its Euler-family schedulers scale
+    by init_noise_sigma (sqrt(sigma_0^2 + 1) for "leading" spacing, sigma_0 otherwise); the others (DPM-Solver,
+    UniPC, DDIM, LCM) start from unit noise on the VP latent, which is noise * sqrt(sigma_0^2 + 1) here. With
+    rng="cpu" and the same seed that reproduces a diffusers txt2img run on the CPU."""
+    sigma0 = float(sigmas[0])
+    if o.start_noise == "sdcpp":
+        return sigma0
+    if get_sampler(o.sampler).diffusers_vp:
+        return math.sqrt(sigma0 * sigma0 + 1.0)
+    return diffusers_init_noise_sigma(sigmas, o.timestep_spacing)
 
 
 def _start(model, o: Options, rng: BatchRNG, sigmas: np.ndarray, report: GenerationReport):
@@ -45,7 +60,10 @@ def _start(model, o: Options, rng: BatchRNG, sigmas: np.ndarray, report: Generat
                 with report.timed("encode_image"):
                     init = vae.encode(np.repeat(image, B, axis=0), rng.randn(shape)) * np.float32(vae.scaling_factor)
     noise = _noise(o, rng, shape)
-    x = noise * np.float32(sigmas[0]) if init is None or pure_noise else init + noise * np.float32(sigmas[0])
+    if init is None or pure_noise:
+        x = noise * np.float32(start_sigma(o, sigmas))
+    else:
+        x = init + noise * np.float32(sigmas[0])  # diffusers' add_noise too, in every scheduler
 
     pixel_mask = mask = None
     if o.mask_image is not None:
@@ -135,7 +153,7 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     c, u = cond.as_dict(o.num_images), uncond.as_dict(o.num_images)
     if concat is not None:
         c["concat"] = u["concat"] = concat
-    denoiser = Denoiser(UNetModel(model.unet), model.train, spec.prediction, timestep_rounding=rounding)
+    denoiser = Denoiser(UNetModel(model.unet), model.train, spec.prediction, timestep_rounding=rounding, table=table)
     guided = CFGDenoiser(denoiser, c, u if o.guidance_scale != 1.0 else None, o.guidance_scale)
     if blend is not None:
         guided = MaskedDenoiser(guided, *blend)

@@ -90,12 +90,17 @@ class Model:
         width, height: default the UNet config's sample_size x 8 where there is one (diffusers' rule), else the
             family's native size (SD1 512, SD2 768 (512-base: 512), SDXL 1024).
         steps (20), guidance_scale (7.0; 1 runs no unconditional pass), sampler: euler_a (default), euler,
-            heun, dpm2, dpm++_2m, dpm++_2s_a, lcm, ddim; schedule: discrete (default), karras, exponential,
-            ays, lcm; timestep_spacing: leading (default), trailing, linspace. Each sampler walks the table of
-            its diffusers scheduler (Euler*, DPMSolver*, DDIM).
+            heun, dpm2, dpm++_2m, dpm++_2s_a, dpm++_2m_sde, dpm++_3m_sde, uni_pc, euler_cfg++, lcm, ddim;
+            schedule: discrete (default), karras, exponential, beta, sgm_uniform, simple, ays, lcm;
+            timestep_spacing: leading (default), trailing, linspace. Each sampler walks the table of its diffusers
+            scheduler (Euler*, DPMSolver*, UniPC, DDIM); sgm_uniform and simple are A1111's / ComfyUI's.
         seed: None or -1 draws one (reported in .info and .report); image i uses seed + i. rng: "numpy" (default),
             "philox" (A1111 / stable-diffusion.cpp GPU noise), "cpu" (torch CPU noise, as diffusers on CPU).
-        latents: the start noise [num_images, 4, h, w] at unit variance (scaled by the first sigma here).
+        start_noise: "sdcpp" (default: txt2img starts at noise * sigma_0, as k-diffusion, A1111 and
+            stable-diffusion.cpp) or "diffusers" (its Euler schedulers start at noise * sqrt(sigma_0^2 + 1) with
+            "leading" spacing, DPM-Solver / UniPC / DDIM / LCM at unit noise on the VP latent): with rng="cpu" and the
+            seed of a diffusers CPU run, the same image.
+        latents: the start noise [num_images, 4, h, w] at unit variance (scaled as start_noise says).
         num_images, clip_skip (A1111: 1 = last layer, 2 = penultimate), eta (ancestral samplers, DDIM).
         init_image (PIL image, path, [1, 3, H, W] in [-1, 1], or scaled latents [1 or B, 4, h, w]) with strength
             (0.75): img2img as diffusers (the last int(steps * strength) steps run). mask_image (PIL image or path,

@@ -12,6 +12,7 @@ from .schedule import check
 
 MAX_STEPS = 10_000  # beyond any schedule (the training schedule has 1000 timesteps)
 MAX_IMAGES = 1_000  # per call; memory is checked separately
+START_NOISE = ("sdcpp", "diffusers")  # how txt2img scales its start noise (generate._start_sigma)
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Options:
     timestep_spacing: str = "leading"
     seed: int | None = None
     rng: str = "numpy"
+    start_noise: str = "sdcpp"
     latents: object = None
     num_images: int = 1
     clip_skip: int | None = None
@@ -60,13 +62,15 @@ class Options:
         o.num_images = checks.integer("num_images", o.num_images, minimum=1, maximum=MAX_IMAGES)
         o.guidance_scale = checks.real("guidance_scale", o.guidance_scale)
         o.strength = checks.real("strength", o.strength, minimum=0.0, maximum=1.0)
-        for name in ("sampler", "schedule", "timestep_spacing", "rng"):
+        for name in ("sampler", "schedule", "timestep_spacing", "rng", "start_noise"):
             if not isinstance(getattr(o, name), str):
                 raise TypeError(f"{name} must be a string, got {getattr(o, name)!r:.40}")
         check(o.sampler, o.schedule)
         if o.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {o.timestep_spacing!r}")
         make_rng(o.rng, 0)  # names the RNG choices on a typo
+        if o.start_noise not in START_NOISE:
+            raise ValueError(f"start_noise must be one of {START_NOISE}, got {o.start_noise!r}")
         if o.seed is None or (not isinstance(o.seed, (bool, str)) and o.seed == -1):
             o.seed = secrets.randbelow(2**32)  # -1 is "random" in A1111 and stable-diffusion.cpp; reported
         o.seed = checks.integer("seed", o.seed, minimum=0, maximum=2**64 - o.num_images)

@@ -15,6 +15,25 @@ def _types(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH, got {text!r}") from None
+    return h, w
+
+
+def _embeds_file(path) -> dict:
+    import numpy as np
+
+    keys = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    with np.load(path, allow_pickle=False) as data:
+        unknown = set(data.files) - set(keys)
+        if unknown:
+            raise ValueError(f"{path}: unknown arrays {sorted(unknown)}; expected some of {keys}")
+        return {k: data[k] for k in data.files}
+
+
 def _add_request_args(p: argparse.ArgumentParser):
     p.add_argument("model", nargs="+", help="checkpoint file(s) or diffusers folder; later ones override "
                                               "the components they hold")
@@ -60,6 +79,14 @@ def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--rng", default="numpy", help="numpy, philox (A1111/sd.cpp GPU noise), cpu (torch CPU)")
     p.add_argument("--clip-skip", type=int)
+    p.add_argument("--embeddings-dir", help="textual-inversion embeddings (A1111 .pt / .safetensors), used by "
+                                            "file name in the prompt")
+    p.add_argument("--embeds", help="an .npz of prompt_embeds / negative_prompt_embeds (SDXL: also "
+                                    "pooled_prompt_embeds / negative_pooled_prompt_embeds) used instead of the prompts")
+    p.add_argument("--original-size", type=_pair, metavar="H,W", help="SDXL size conditioning")
+    p.add_argument("--target-size", type=_pair, metavar="H,W")
+    p.add_argument("--negative-original-size", type=_pair, metavar="H,W")
+    p.add_argument("--negative-target-size", type=_pair, metavar="H,W")
     p.add_argument("--init-image", help="img2img / inpainting source image")
     p.add_argument("--mask", help="inpainting mask (white = repaint)")
     p.add_argument("--strength", type=float, default=0.75)
@@ -85,6 +112,8 @@ def _generate(a) -> int:
     for path in outputs:  # before loading: a typo must not cost a load, or overwrite an input
         check_destination(path, inputs)
     load = dict(vae=a.vae, type=a.type, unet_type=a.unet_type, te_type=a.te_type, vae_type=a.vae_type)
+    sizes = {k: getattr(a, k) for k in ("original_size", "target_size", "negative_original_size",
+                                        "negative_target_size") if getattr(a, k) is not None}
     model = Model(a.model, n_threads=a.threads, prediction=a.prediction,
                   **{k: v for k, v in load.items() if v is not None})
     images = model.generate(a.prompt, a.negative_prompt, steps=a.steps, guidance_scale=a.cfg, sampler=a.sampler,
@@ -92,7 +121,8 @@ def _generate(a) -> int:
                             num_images=a.num_images, rng=a.rng, start_noise=a.start_noise, clip_skip=a.clip_skip,
                             strength=a.strength,
                             init_image=Image.open(a.init_image) if a.init_image else None,
-                            mask_image=Image.open(a.mask) if a.mask else None)
+                            mask_image=Image.open(a.mask) if a.mask else None, embeddings_dir=a.embeddings_dir,
+                            **(_embeds_file(a.embeds) if a.embeds else {}), **sizes)
     for path, img, info in zip(outputs, images, images.info, strict=True):
         save_png(img, path)
         print(f"wrote {path} (seed {info['seed']})")

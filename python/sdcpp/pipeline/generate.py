@@ -10,9 +10,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import Cancelled
-from ..sampling import CFGDenoiser, Denoiser, diffusers_init_noise_sigma, get_sampler, sample
+from ..sampling import Denoiser, diffusers_init_noise_sigma, get_sampler, sample
+from ..text.embeddings import load_embeddings
 from .conditioning import build_conditioning
-from .denoise import MaskedDenoiser, UNetModel
+from .denoise import MaskedDenoiser, ScheduledCFG, UNetModel
 from .images import a1111_parameters, to_pil
 from .latents import BatchRNG, latent_mask, mask_array
 from .memory import check_fits
@@ -94,8 +95,9 @@ class _Steps:
     returning False cancels through the model's token, the one mechanism `Model.cancel()` also uses: the token
     stops the pass running on it (sdcpp.Cancelled from the graph) or, between passes, the next step here."""
 
-    def __init__(self, progress, total: int, report: GenerationReport, cancel):
+    def __init__(self, progress, total: int, report: GenerationReport, cancel, guided=None):
         self.progress, self.total, self.report, self.cancel = progress, total, report, cancel
+        self.guided = guided  # its `step` follows the sampler (prompt editing)
         self.bar = None if callable(progress) else tqdm(total=total, desc="sampling", unit="step",
                                                         disable=None if progress else True, leave=False)
         self.last = time.perf_counter()
@@ -108,6 +110,8 @@ class _Steps:
         return True
 
     def __call__(self, step, total, x, denoised):
+        if self.guided is not None:
+            self.guided.step = step
         now = time.perf_counter()
         self.report.step_times.append(now - self.last)
         self.last = now
@@ -127,8 +131,18 @@ def _blocked_attention(model) -> bool:
     return model.weights.device.upper() == "CPU" and core().blas_enabled()
 
 
+def _embeds(o: Options) -> dict | None:
+    pairs = {"context": o.prompt_embeds, "pooled": o.pooled_prompt_embeds, "negative_context": o.negative_prompt_embeds,
+             "negative_pooled": o.negative_pooled_prompt_embeds}
+    return {k: v for k, v in pairs.items() if v is not None} or None
+
+
 def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
-    o = o.resolved(model.default_size, model.vae_factor, model.prompt_encoder.max_clip_skip)
+    enc = model.prompt_encoder
+    pooled_dim = next((e.projection_dim for e in enc.encoders if e.component == enc.family.pooled_from), None)
+    o = o.resolved(model.default_size, model.vae_factor, enc.max_clip_skip, context_dim=model.unet.context_dim,
+                   pooled_dim=pooled_dim)
+    enc.set_embeddings(load_embeddings(o.embeddings_dir))  # this call's (none: none)
     check_fits(model.weights.config, width=o.width, height=o.height, batch=o.num_images,
                cfg=o.guidance_scale != 1.0, flash_attn=model.flash_attn or _blocked_attention(model))
     spec = model.weights.spec
@@ -139,9 +153,12 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
 
     with report.timed("text_encode"):
         cond, uncond = build_conditioning(
-            model.prompt_encoder, prompt, negative_prompt, height=o.height, width=o.width, clip_skip=o.clip_skip,
+            enc, prompt, negative_prompt, height=o.height, width=o.width, steps=o.steps, clip_skip=o.clip_skip,
             original_size=o.original_size, crops_coords_top_left=o.crops_coords_top_left, target_size=o.target_size,
-            aesthetic_score=o.aesthetic_score, negative_aesthetic_score=o.negative_aesthetic_score)
+            aesthetic_score=o.aesthetic_score, negative_aesthetic_score=o.negative_aesthetic_score,
+            negative_original_size=o.negative_original_size,
+            negative_crops_coords_top_left=o.negative_crops_coords_top_left,
+            negative_target_size=o.negative_target_size, prompt_embeds=_embeds(o))
 
     table, rounding = make_table(model.train, o.steps, o.sampler, o.schedule, spec.family, o.timestep_spacing)
     sigmas = table.sigmas
@@ -150,15 +167,14 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     rng = BatchRNG(o.rng, [o.seed + i for i in range(o.num_images)])
     x, concat, blend = _start(model, o, rng, sigmas, report)
 
-    c, u = cond.as_dict(o.num_images), uncond.as_dict(o.num_images)
-    if concat is not None:
-        c["concat"] = u["concat"] = concat
     denoiser = Denoiser(UNetModel(model.unet), model.train, spec.prediction, timestep_rounding=rounding, table=table)
-    guided = CFGDenoiser(denoiser, c, u if o.guidance_scale != 1.0 else None, o.guidance_scale)
+    guided = ScheduledCFG(denoiser, cond, uncond if o.guidance_scale != 1.0 else None, o.guidance_scale,
+                          o.num_images, None if concat is None else {"concat": concat})
+    scheduled = guided
     if blend is not None:
         guided = MaskedDenoiser(guided, *blend)
 
-    steps = _Steps(o.progress, len(sigmas) - 1, report, model.cancel_token)
+    steps = _Steps(o.progress, len(sigmas) - 1, report, model.cancel_token, scheduled)
     try:
         steps.user(0, dict(step_time=0.0, latents=x, denoised=None))  # lets a callback cancel before any step
         if len(sigmas) > 1:

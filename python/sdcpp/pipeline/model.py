@@ -107,8 +107,18 @@ class Model:
             white = repaint; or an [H, W] array: bool, 0..255 integers or 0..1 floats, resized like an image):
             inpainting; 9-channel UNets get mask + masked-image latents, others keep the init latent outside
             the mask at every step.
-        SDXL: original_size, crops_coords_top_left, target_size ((height, width) pairs); refiner:
-            aesthetic_score, negative_aesthetic_score. An empty negative prompt is zeros on SDXL base.
+        SDXL: original_size, crops_coords_top_left, target_size ((height, width) pairs) and negative_original_size,
+            negative_crops_coords_top_left, negative_target_size for the unconditional pass (diffusers' names and
+            defaults); refiner: aesthetic_score, negative_aesthetic_score. An empty negative prompt is zeros on SDXL
+            base.
+        Prompts take A1111 syntax: (emphasis:1.2), [less], BREAK, prompt editing [from:to:when] / [add:when] /
+            [remove::when] (when < 1 with a decimal point: a fraction of the steps, else a step) and alternation
+            [a|b|c] (one per step), switching at A1111's steps; textual-inversion embeddings by file name with
+            embeddings_dir= (a folder of A1111 .pt / .safetensors files, a file, or a list; SD1/SD2 string_to_param
+            or emb_params, SDXL clip_l + clip_g; embeddings that do not fit the model are skipped, as in A1111).
+        prompt_embeds [1, T, context_dim], negative_prompt_embeds (SDXL: pooled_prompt_embeds,
+            negative_pooled_prompt_embeds [1, P]): conditioning computed elsewhere (diffusers' arguments), used
+            instead of encoding the prompt / negative prompt.
         progress: True (tqdm bar), False, or callback(step, total, info) -> bool | None, called with step 0
             before the first step and after each one (info: step_time, latents, denoised); returning False
             cancels as `cancel()` does: sdcpp.Cancelled (the model stays usable). Ctrl-C stops a running graph

@@ -39,8 +39,16 @@ class Options:
     original_size: tuple | None = None
     crops_coords_top_left: tuple = (0, 0)
     target_size: tuple | None = None
+    negative_original_size: tuple | None = None
+    negative_crops_coords_top_left: tuple | None = None
+    negative_target_size: tuple | None = None
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
+    embeddings_dir: object = None
+    prompt_embeds: object = None
+    negative_prompt_embeds: object = None
+    pooled_prompt_embeds: object = None
+    negative_pooled_prompt_embeds: object = None
     progress: object = True
     extra: dict = field(default_factory=dict)  # more A1111 "parameters" fields
 
@@ -48,9 +56,11 @@ class Options:
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
 
-    def resolved(self, size: int, vae_factor: int, max_clip_skip: int) -> Options:
+    def resolved(self, size: int, vae_factor: int, max_clip_skip: int, *, context_dim: int | None = None,
+                 pooled_dim: int | None = None) -> Options:
         """Defaults filled in and every value checked, before any work: `size` is the model's default width and
-        height, `vae_factor` pixels per latent, `max_clip_skip` the depth of its shallowest text encoder.
+        height, `vae_factor` pixels per latent, `max_clip_skip` the depth of its shallowest text encoder,
+        `context_dim` / `pooled_dim` what the UNet's cross-attention and (SDXL) added embedding take.
         Image arguments given as paths are opened here."""
         o = replace(self)
         for name in ("width", "height"):
@@ -80,7 +90,8 @@ class Options:
             o.eta = checks.real("eta", o.eta, minimum=0.0)
         o.aesthetic_score = checks.real("aesthetic_score", o.aesthetic_score)
         o.negative_aesthetic_score = checks.real("negative_aesthetic_score", o.negative_aesthetic_score)
-        for name in ("original_size", "target_size"):
+        for name in ("original_size", "target_size", "negative_original_size", "negative_crops_coords_top_left",
+                     "negative_target_size"):
             if getattr(o, name) is not None:
                 setattr(o, name, checks.size_pair(name, getattr(o, name)))
         o.crops_coords_top_left = checks.size_pair("crops_coords_top_left", o.crops_coords_top_left)
@@ -88,6 +99,7 @@ class Options:
             raise TypeError(f"progress must be True, False or a callable, got {o.progress!r:.40}")
         if not isinstance(o.extra, dict):
             raise TypeError(f"extra must be a dict of PNG parameter fields, got {type(o.extra).__name__}")
+        _check_embeds(o, context_dim, pooled_dim)
         latent_shape = (o.num_images, 4, o.height // vae_factor, o.width // vae_factor)
         if o.latents is not None:
             o.latents = start_noise(o.latents, latent_shape)
@@ -96,3 +108,36 @@ class Options:
         o.init_image = init_input(o.init_image, latent_shape, o.width, o.height)
         o.mask_image = mask_input(o.mask_image)
         return o
+
+
+def _check_embeds(o: Options, context_dim: int | None, pooled_dim: int | None) -> None:
+    """prompt_embeds [1, T, context_dim] (and the negative, the same T unless both are whole 77-token chunks;
+    SDXL: pooled [1, pooled_dim] with each), as diffusers takes them."""
+    pairs = (("prompt_embeds", "pooled_prompt_embeds"), ("negative_prompt_embeds", "negative_pooled_prompt_embeds"))
+    for name, pooled in pairs:
+        value, pvalue = getattr(o, name), getattr(o, pooled)
+        if value is None:
+            if pvalue is not None:
+                raise ValueError(f"{pooled} needs {name}")
+            continue
+        a = checks.finite_array(name, value)
+        a = a[None] if a.ndim == 2 else a
+        if a.ndim != 3 or a.shape[0] != 1 or a.shape[1] < 1 or (context_dim is not None and a.shape[2] != context_dim):
+            raise ValueError(f"{name} must be [1, tokens, {context_dim}] (one prompt for every image), got "
+                             f"{list(a.shape)}")
+        setattr(o, name, a)
+        if pooled_dim is None:
+            if pvalue is not None:
+                raise ValueError(f"{pooled}: this model takes no pooled embedding")
+            continue
+        if pvalue is None:
+            raise ValueError(f"{name} on SDXL needs {pooled} [1, {pooled_dim}] too")
+        p = checks.finite_array(pooled, pvalue)
+        p = p[None] if p.ndim == 1 else p
+        if p.ndim != 2 or p.shape != (a.shape[0], pooled_dim):
+            raise ValueError(f"{pooled} must be [{a.shape[0]}, {pooled_dim}], got {list(p.shape)}")
+        setattr(o, pooled, p)
+    c, n = o.prompt_embeds, o.negative_prompt_embeds
+    if c is not None and n is not None and c.shape[1] != n.shape[1] and (c.shape[1] % 77 or n.shape[1] % 77):
+        raise ValueError(f"prompt_embeds ({c.shape[1]} tokens) and negative_prompt_embeds ({n.shape[1]}) must have "
+                         "the same length (or both whole 77-token chunks, padded like prompts)")

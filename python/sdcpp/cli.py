@@ -83,6 +83,13 @@ def _add_generate_args(p: argparse.ArgumentParser):
                                             "file name in the prompt")
     p.add_argument("--embeds", help="an .npz of prompt_embeds / negative_prompt_embeds (SDXL: also "
                                     "pooled_prompt_embeds / negative_pooled_prompt_embeds) used instead of the prompts")
+    p.add_argument("--hr-scale", type=float, help="hires fix: upscale the first pass by this and run a second pass")
+    p.add_argument("--hr-upscaler", default="latent", choices=["latent", "latent_nearest", "lanczos"])
+    p.add_argument("--hr-denoising-strength", type=float, default=0.7)
+    p.add_argument("--hr-steps", type=int, help="steps of the hires pass (default: --steps)")
+    p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode/encode in tiles (default: only when the whole image would not fit in memory)")
+    p.add_argument("--tile-size", type=int, help="VAE tile size in pixels (default 512)")
     p.add_argument("--original-size", type=_pair, metavar="H,W", help="SDXL size conditioning")
     p.add_argument("--target-size", type=_pair, metavar="H,W")
     p.add_argument("--negative-original-size", type=_pair, metavar="H,W")
@@ -122,7 +129,9 @@ def _generate(a) -> int:
                             strength=a.strength,
                             init_image=Image.open(a.init_image) if a.init_image else None,
                             mask_image=Image.open(a.mask) if a.mask else None, embeddings_dir=a.embeddings_dir,
-                            **(_embeds_file(a.embeds) if a.embeds else {}), **sizes)
+                            **(_embeds_file(a.embeds) if a.embeds else {}), **sizes, hr_scale=a.hr_scale,
+                            hr_upscaler=a.hr_upscaler, hr_denoising_strength=a.hr_denoising_strength,
+                            hr_steps=a.hr_steps, vae_tiling=a.vae_tiling, tile_size=a.tile_size)
     for path, img, info in zip(outputs, images, images.info, strict=True):
         save_png(img, path)
         print(f"wrote {path} (seed {info['seed']})")

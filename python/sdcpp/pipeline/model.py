@@ -119,6 +119,14 @@ class Model:
         prompt_embeds [1, T, context_dim], negative_prompt_embeds (SDXL: pooled_prompt_embeds,
             negative_pooled_prompt_embeds [1, P]): conditioning computed elsewhere (diffusers' arguments), used
             instead of encoding the prompt / negative prompt.
+        hr_scale (None: off): A1111's hires fix: the image is made at width x height, upscaled by hr_scale
+            (hr_upscaler "latent" = bilinear latents (A1111 "Latent"), "latent_nearest", or "lanczos" = decode,
+            8-bit Lanczos, encode), then hr_steps (default: steps) img2img steps at hr_denoising_strength (0.7) run
+            at the new size, as A1111 sets them up (the last hr_steps of int(hr_steps / strength)); its "Hires ..."
+            fields go to the PNG parameters. txt2img with 4-channel UNets only.
+        vae_tiling: decode (and encode) in overlapping tiles of tile_size pixels (default 512) blended as diffusers'
+            enable_tiling(); None (default): only when the whole image's VAE working set would not fit in memory.
+            Tiles are normalized and attend on their own (as in diffusers), so the result is not the untiled one.
         progress: True (tqdm bar), False, or callback(step, total, info) -> bool | None, called with step 0
             before the first step and after each one (info: step_time, latents, denoised); returning False
             cancels as `cancel()` does: sdcpp.Cancelled (the model stays usable). Ctrl-C stops a running graph

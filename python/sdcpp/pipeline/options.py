@@ -49,6 +49,12 @@ class Options:
     negative_prompt_embeds: object = None
     pooled_prompt_embeds: object = None
     negative_pooled_prompt_embeds: object = None
+    hr_scale: float | None = None
+    hr_upscaler: str = "latent"
+    hr_denoising_strength: float = 0.7
+    hr_steps: int | None = None
+    vae_tiling: bool | None = None
+    tile_size: int | None = None
     progress: object = True
     extra: dict = field(default_factory=dict)  # more A1111 "parameters" fields
 
@@ -100,6 +106,12 @@ class Options:
         if not isinstance(o.extra, dict):
             raise TypeError(f"extra must be a dict of PNG parameter fields, got {type(o.extra).__name__}")
         _check_embeds(o, context_dim, pooled_dim)
+        _check_hires(o, vae_factor)
+        o.vae_tiling = checks.optional_bool("vae_tiling", o.vae_tiling)
+        if o.tile_size is not None:
+            o.tile_size = checks.integer("tile_size", o.tile_size, minimum=4 * vae_factor, maximum=1 << 16)
+            if o.tile_size % (4 * vae_factor):
+                raise ValueError(f"tile_size must be a multiple of {4 * vae_factor} pixels, got {o.tile_size}")
         latent_shape = (o.num_images, 4, o.height // vae_factor, o.width // vae_factor)
         if o.latents is not None:
             o.latents = start_noise(o.latents, latent_shape)
@@ -141,3 +153,24 @@ def _check_embeds(o: Options, context_dim: int | None, pooled_dim: int | None) -
     if c is not None and n is not None and c.shape[1] != n.shape[1] and (c.shape[1] % 77 or n.shape[1] % 77):
         raise ValueError(f"prompt_embeds ({c.shape[1]} tokens) and negative_prompt_embeds ({n.shape[1]}) must have "
                          "the same length (or both whole 77-token chunks, padded like prompts)")
+
+
+HR_UPSCALERS = ("latent", "latent_nearest", "lanczos")
+
+
+def _check_hires(o: Options, vae_factor: int) -> None:
+    """hr_scale >= 1 (None: no hires fix), its size in whole latents; hr_upscaler, hr_denoising_strength in (0, 1],
+    hr_steps >= 1 or None (the first pass's steps). Sets o.hr_width / o.hr_height (A1111: int(size * scale))."""
+    o.hr_width = o.hr_height = None
+    if o.hr_scale is None:
+        return
+    o.hr_scale = checks.real("hr_scale", o.hr_scale, minimum=1.0, maximum=16.0)
+    if o.hr_upscaler not in HR_UPSCALERS:
+        raise ValueError(f"hr_upscaler must be one of {HR_UPSCALERS}, got {o.hr_upscaler!r}")
+    o.hr_denoising_strength = checks.real("hr_denoising_strength", o.hr_denoising_strength, minimum=0.0, maximum=1.0)
+    if o.hr_denoising_strength == 0:
+        raise ValueError("hr_denoising_strength must be > 0 (0 would leave the upscaled first pass as is)")
+    if o.hr_steps is not None:
+        o.hr_steps = checks.integer("hr_steps", o.hr_steps, minimum=1, maximum=MAX_STEPS)
+    o.hr_width = int(o.width * o.hr_scale) // vae_factor * vae_factor
+    o.hr_height = int(o.height * o.hr_scale) // vae_factor * vae_factor

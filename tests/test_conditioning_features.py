@@ -277,3 +277,47 @@ def test_prompt_embeds_are_checked(models):
         sd1.generate("", prompt_embeds=np.full((1, 77, d), np.nan, np.float32), progress=False)
     with pytest.raises(TypeError):
         sdcpp.Model.generate(sd1, "", prompt_embedz=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SDXL base -> refiner (diffusers' ensemble of experts)
+
+
+@pytest.mark.parametrize("sampler,end", [("euler", 0.5), ("dpm++_2m", 0.7)])
+def test_base_to_refiner_matches_diffusers_ensemble(models, pipes, encoders, sampler, end):
+    base, refiner = models("sdxl"), models("sdxl_refiner")
+    steps = 6
+    noise = np.random.default_rng(13).standard_normal((1, 4, H // 2, W // 2)).astype(np.float32)
+    opts = dict(aesthetic_score=7.0, negative_aesthetic_score=2.0)
+    ours = base.generate(PROMPT, "blurry", width=W, height=H, steps=steps, guidance_scale=5.0, sampler=sampler,
+                         latents=noise, start_noise="diffusers", refiner=refiner, denoising_end=end, progress=False,
+                         **opts)
+    assert len(ours.report.step_times) == steps  # base and refiner steps together
+    latents = with_scheduler(pipes("sdxl"), sampler)(
+        **reference_embeds(base, encoders, "sdxl", PROMPT, "blurry"), height=H, width=W, num_inference_steps=steps,
+        guidance_scale=5.0, output_type="latent", latents=torch.from_numpy(noise), denoising_end=end).images
+    ref = with_scheduler(pipes("sdxl_refiner"), sampler)(
+        **reference_embeds(refiner, encoders, "sdxl_refiner", PROMPT, "blurry"), image=latents,
+        num_inference_steps=steps, guidance_scale=5.0, output_type="np", denoising_start=end, **opts).images
+    err = max_err(ours.arrays, ref)
+    print(f"\nbase -> refiner {sampler} at {end}: max abs {err:.2e}")
+    assert err <= MAX_ERR
+    text = ours[0].info["parameters"]
+    assert f"Refiner: {refiner.name}" in text and f"Refiner switch at: {end:g}" in text
+    # the same in two calls: denoising_end on the base, denoising_start on the refiner
+    half = base.generate(PROMPT, "blurry", width=W, height=H, steps=steps, guidance_scale=5.0, sampler=sampler,
+                         latents=noise, start_noise="diffusers", denoising_end=end, progress=False)
+    rest = refiner.generate(PROMPT, "blurry", width=W, height=H, steps=steps, guidance_scale=5.0, sampler=sampler,
+                            init_image=half.latents, denoising_start=end, progress=False, **opts)
+    assert len(half.report.step_times) + len(rest.report.step_times) == steps
+    assert np.array_equal(rest.arrays, ours.arrays)
+
+
+def test_refiner_arguments_are_checked(models):
+    base = models("sdxl")
+    with pytest.raises(ValueError, match="denoising_end"):
+        base.generate(PROMPT, width=32, height=32, steps=2, denoising_end=1.0, progress=False)
+    with pytest.raises(ValueError, match="denoising_start"):
+        base.generate(PROMPT, width=32, height=32, steps=2, denoising_start=0.5, progress=False)
+    with pytest.raises(ValueError, match="latents are not"):
+        base.generate(PROMPT, width=32, height=32, steps=2, refiner=models("sd1_inpaint"), progress=False)

@@ -179,3 +179,30 @@ def test_generate_with_vae_tiling(sd1):
     assert err > 0  # the decode was tiled (same latents, different decode)
     with pytest.raises(ValueError, match="tile_size"):
         sd1.generate(PROMPT, vae_tiling=True, tile_size=30, **kwargs)
+
+
+def test_cli_flags_of_the_new_features(fixtures_dir, tmp_path):
+    from sdcpp.cli import main
+
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    width = sdcpp.Model(fixtures_dir / "sd1" / "diffusers", n_threads=1, progress=False).prompt_encoder.encoders[0]
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    safetensors_numpy.save_file({"emb_params": np.ones((1, width.hidden_size), np.float32)},
+                                str(emb / "fancystyle.safetensors"))
+    out = tmp_path / "hires.png"
+    assert main(["generate", "-m", str(fixtures_dir / "sd1" / "diffusers"), "-p", "a [cat|dog], fancystyle",
+                 "-o", str(out), "--steps", "2", "-W", "32", "-H", "32", "--seed", "5", "--sampler", "uni_pc",
+                 "--schedule", "beta", "--start-noise", "diffusers", "--rng", "cpu", "--embeddings-dir", str(emb),
+                 "--hr-scale", "1.5", "--hr-steps", "2", "--hr-upscaler", "lanczos", "--vae-tiling",
+                 "--tile-size", "32", "-t", "1"]) == 0
+    with Image.open(out) as png:
+        assert png.size == (48, 48)
+        text = png.info["parameters"]
+        assert "Sampler: UniPC" in text and "Schedule type: Beta" in text and "Hires upscaler: Lanczos" in text
+    out = tmp_path / "refined.png"
+    assert main(["generate", "-m", str(fixtures_dir / "sdxl" / "diffusers"), "-p", "a cat", "-o", str(out),
+                 "--steps", "3", "-W", "32", "-H", "32", "--refiner", str(fixtures_dir / "sdxl_refiner" / "diffusers"),
+                 "--denoising-end", "0.6", "--negative-original-size", "64,64", "-t", "1"]) == 0
+    with Image.open(out) as png:
+        assert "Refiner switch at: 0.6" in png.info["parameters"]

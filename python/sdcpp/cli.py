@@ -87,6 +87,9 @@ def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("--hr-upscaler", default="latent", choices=["latent", "latent_nearest", "lanczos"])
     p.add_argument("--hr-denoising-strength", type=float, default=0.7)
     p.add_argument("--hr-steps", type=int, help="steps of the hires pass (default: --steps)")
+    p.add_argument("--refiner", help="an SDXL refiner: base -> refiner in one run (diffusers' ensemble of experts)")
+    p.add_argument("--denoising-end", type=float, help="the fraction the base model denoises before the refiner "
+                                                       "(default 0.8 with --refiner)")
     p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
                    help="decode/encode in tiles (default: only when the whole image would not fit in memory)")
     p.add_argument("--tile-size", type=int, help="VAE tile size in pixels (default 512)")
@@ -115,7 +118,7 @@ def _generate(a) -> int:
 
     stem, ext = os.path.splitext(a.output)
     outputs = [a.output] if a.num_images == 1 else [f"{stem}-{i}{ext or '.png'}" for i in range(a.num_images)]
-    inputs = [p for p in (a.model, a.vae, a.init_image, a.mask) if p]
+    inputs = [p for p in (a.model, a.vae, a.init_image, a.mask, a.refiner, a.embeddings_dir, a.embeds) if p]
     for path in outputs:  # before loading: a typo must not cost a load, or overwrite an input
         check_destination(path, inputs)
     load = dict(vae=a.vae, type=a.type, unet_type=a.unet_type, te_type=a.te_type, vae_type=a.vae_type)
@@ -131,7 +134,9 @@ def _generate(a) -> int:
                             mask_image=Image.open(a.mask) if a.mask else None, embeddings_dir=a.embeddings_dir,
                             **(_embeds_file(a.embeds) if a.embeds else {}), **sizes, hr_scale=a.hr_scale,
                             hr_upscaler=a.hr_upscaler, hr_denoising_strength=a.hr_denoising_strength,
-                            hr_steps=a.hr_steps, vae_tiling=a.vae_tiling, tile_size=a.tile_size)
+                            hr_steps=a.hr_steps, vae_tiling=a.vae_tiling, tile_size=a.tile_size,
+                            refiner=Model(a.refiner, n_threads=a.threads) if a.refiner else None,
+                            denoising_end=a.denoising_end)
     for path, img, info in zip(outputs, images, images.info, strict=True):
         save_png(img, path)
         print(f"wrote {path} (seed {info['seed']})")

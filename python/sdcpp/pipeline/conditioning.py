@@ -240,7 +240,16 @@ def pad_context(context: np.ndarray, tokens: int, empty: np.ndarray) -> np.ndarr
     return np.concatenate([context, fill], axis=1)
 
 
-def build_conditioning(encoder: PromptEncoder, prompt: str, negative: str, *, height: int, width: int, steps: int,
+def build_conditioning(encoder: PromptEncoder, prompt: str, negative: str, *, height: int, width: int,
+                       **options) -> tuple[Conditioning, Conditioning]:
+    """(cond, uncond) of a prompt pair without prompt editing (its schedules at their first step); `options` as
+    for build_schedules."""
+    cond, uncond = build_schedules(encoder, prompt, negative, height=height, width=width,
+                                   steps=options.pop("steps", 1), **options)
+    return cond.entries[0][1], uncond.entries[0][1]
+
+
+def build_schedules(encoder: PromptEncoder, prompt: str, negative: str, *, height: int, width: int, steps: int,
                        hires_steps: int | None = None, clip_skip=None, original_size=None,
                        crops_coords_top_left=(0, 0), target_size=None, aesthetic_score=6.0,
                        negative_aesthetic_score=2.5, negative_original_size=None,

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..errors import Cancelled
 from ..sampling import Denoiser, diffusers_init_noise_sigma, get_sampler, sample
 from ..text.embeddings import load_embeddings
-from .conditioning import build_conditioning
+from .conditioning import build_schedules
 from .denoise import MaskedDenoiser, ScheduledCFG, UNetModel
 from .images import a1111_parameters, from_pil, to_pil
 from .latents import BatchRNG, latent_mask, mask_array
@@ -140,7 +140,7 @@ def _embeds(o: Options) -> dict | None:
 
 
 def _conditioning(model, prompt, negative_prompt, o: Options, *, width, height, hires_steps=None):
-    return build_conditioning(
+    return build_schedules(
         model.prompt_encoder, prompt, negative_prompt, height=height, width=width, steps=o.steps,
         hires_steps=hires_steps, clip_skip=o.clip_skip, original_size=o.original_size,
         crops_coords_top_left=o.crops_coords_top_left, target_size=o.target_size,
@@ -231,6 +231,40 @@ def _hires(model, prompt, negative_prompt, o: Options, x: np.ndarray, report):
     return _denoise(model, o, cond, uncond, table, rounding, sigmas, x, rng, report, stage="hires")
 
 
+def _cutoff(fraction: float, model) -> int:
+    """diffusers' discrete_timestep_cutoff of denoising_end / denoising_start."""
+    n = model.train.steps
+    return int(round(n - fraction * n))
+
+
+def _refiner_model(model, refiner):
+    """refiner= as a loaded Model (a path is loaded here, with the base model's threads), checked to be an SDXL
+    refiner-like model that takes the base's latents."""
+    if refiner is None:
+        return None
+    from .model import Model
+
+    if not isinstance(refiner, Model):
+        refiner = Model(refiner, n_threads=model.n_threads, progress=False)
+    if refiner.vae_factor != model.vae_factor or refiner.unet.in_channels != 4:
+        raise ValueError(f"refiner {refiner.name}: its latents are not the base model's")
+    return refiner
+
+
+def _refine(refiner, prompt, negative_prompt, o: Options, x, start: int, rng, report):
+    """diffusers' ensemble of experts: the refiner takes the base's latent at step `start` of the same table and
+    runs the rest with its own UNet and text conditioning (denoising_start = the base's denoising_end)."""
+    with refiner._lock:
+        enc = refiner.prompt_encoder
+        enc.set_embeddings(load_embeddings(o.embeddings_dir))
+        with report.timed("text_encode"):
+            cond, uncond = _conditioning(refiner, prompt, negative_prompt, o, width=o.width, height=o.height)
+        table, rounding = make_table(refiner.train, o.steps, o.sampler, o.schedule, refiner.weights.spec.family,
+                                     o.timestep_spacing)
+        return _denoise(refiner, o, cond, uncond, table, rounding, table.sigmas[start:], x, rng, report,
+                        stage="refiner")
+
+
 def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     enc = model.prompt_encoder
     pooled_dim = next((e.projection_dim for e in enc.encoders if e.component == enc.family.pooled_from), None)
@@ -238,7 +272,9 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
                    pooled_dim=pooled_dim)
     if o.hr_scale is not None and (o.init_image is not None or model.unet.in_channels != 4):
         raise ValueError("hires fix (hr_scale) is a txt2img second pass: not with init_image or inpainting UNets")
-    enc.set_embeddings(load_embeddings(o.embeddings_dir))  # this call's (none: none)
+    embeddings = load_embeddings(o.embeddings_dir)
+    enc.set_embeddings(embeddings)  # this call's (none: none)
+    refiner = _refiner_model(model, o.refiner)
     out_w, out_h = (o.hr_width, o.hr_height) if o.hr_scale is not None else (o.width, o.height)
     o.vae_tiling = resolve_tiling(model.weights.config, o.vae_tiling, width=out_w, height=out_h)
     check_fits(model.weights.config, width=out_w, height=out_h, batch=o.num_images,
@@ -254,17 +290,30 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
         cond, uncond = _conditioning(model, prompt, negative_prompt, o, width=o.width, height=o.height)
 
     table, rounding = make_table(model.train, o.steps, o.sampler, o.schedule, spec.family, o.timestep_spacing)
-    sigmas = table.sigmas
-    if o.init_image is not None:
-        sigmas = sigmas[img2img_start(o.steps, o.strength):]
+    first, end = 0, o.steps  # the steps of the table this call runs
+    if o.denoising_start is not None:
+        first = int(np.sum(table.timesteps >= _cutoff(o.denoising_start, model)))
+    elif o.init_image is not None:
+        first = img2img_start(o.steps, o.strength)
+    denoising_end = o.denoising_end if o.denoising_end is not None or refiner is None else 0.8
+    if denoising_end is not None:
+        end = max(first, int(np.sum(table.timesteps >= _cutoff(denoising_end, model))))
+    sigmas = table.sigmas[first:end + 1]
     rng = BatchRNG(o.rng, [o.seed + i for i in range(o.num_images)])
-    x, concat, blend = _start(model, o, rng, sigmas, report)
+    if o.denoising_start is not None:  # continue the given latent as it is (diffusers adds no noise)
+        x, concat, blend = o.init_image.copy(), None, None
+    else:
+        x, concat, blend = _start(model, o, rng, sigmas, report)
     x = _denoise(model, o, cond, uncond, table, rounding, sigmas, x, rng, report, concat=concat, blend=blend)
     if o.hr_scale is not None:
         x = _hires(model, prompt, negative_prompt, o, x, report)
+    decoder = model
+    if refiner is not None:
+        x = _refine(refiner, prompt, negative_prompt, o, x, end, rng, report)
+        decoder = refiner
 
     with report.timed("decode"):
-        decoded = _decode(model, x, o)
+        decoded = _decode(decoder, x, o)
     arrays = np.clip(decoded / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
     images = to_pil(decoded)
     report.peak_rss = peak_rss()
@@ -279,6 +328,9 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
         if o.hr_steps:
             extra["Hires steps"] = o.hr_steps
         extra["Hires upscaler"] = HIRES_UPSCALERS[o.hr_upscaler]
+    if refiner is not None:  # A1111's fields
+        extra["Refiner"] = refiner.name
+        extra["Refiner switch at"] = f"{denoising_end:g}"
     if o.clip_skip and o.clip_skip > 1:
         extra["Clip skip"] = o.clip_skip
     extra["RNG"] = o.rng

@@ -49,6 +49,7 @@ class Model:
         if unknown:
             raise TypeError(f"Model() got unexpected arguments: {', '.join(sorted(unknown))}")
         n_threads = checks.threads(n_threads)
+        self.n_threads = n_threads
         flash_attn = checks.optional_bool("flash_attn", flash_attn)
         start = time.perf_counter()
         self.weights = load_weights(path, device=device, n_threads=n_threads, progress=progress,
@@ -127,6 +128,11 @@ class Model:
         vae_tiling: decode (and encode) in overlapping tiles of tile_size pixels (default 512) blended as diffusers'
             enable_tiling(); None (default): only when the whole image's VAE working set would not fit in memory.
             Tiles are normalized and attend on their own (as in diffusers), so the result is not the untiled one.
+        refiner (a Model or a path): SDXL base -> refiner in one call, diffusers' ensemble of experts: this model
+            runs the steps down to denoising_end (default 0.8 of the way: timesteps >= round(1000 - 800)), the
+            refiner the rest of the same table with its own text conditioning (same prompts, aesthetic scores),
+            and decodes. denoising_end alone stops early (Images.latents for a refiner); denoising_start with
+            init_image=those latents continues them without adding noise (the refiner's half on its own).
         progress: True (tqdm bar), False, or callback(step, total, info) -> bool | None, called with step 0
             before the first step and after each one (info: step_time, latents, denoised); returning False
             cancels as `cancel()` does: sdcpp.Cancelled (the model stays usable). Ctrl-C stops a running graph

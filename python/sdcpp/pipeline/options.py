@@ -53,6 +53,9 @@ class Options:
     hr_upscaler: str = "latent"
     hr_denoising_strength: float = 0.7
     hr_steps: int | None = None
+    refiner: object = None
+    denoising_end: float | None = None
+    denoising_start: float | None = None
     vae_tiling: bool | None = None
     tile_size: int | None = None
     progress: object = True
@@ -107,6 +110,15 @@ class Options:
             raise TypeError(f"extra must be a dict of PNG parameter fields, got {type(o.extra).__name__}")
         _check_embeds(o, context_dim, pooled_dim)
         _check_hires(o, vae_factor)
+        for name in ("denoising_end", "denoising_start"):
+            if getattr(o, name) is not None:
+                setattr(o, name, checks.real(name, getattr(o, name), minimum=0.0, maximum=1.0))
+                if not 0 < getattr(o, name) < 1:
+                    raise ValueError(f"{name} must be strictly between 0 and 1, got {getattr(o, name)}")
+        if o.refiner is not None and o.hr_scale is not None:
+            raise ValueError("refiner and hr_scale together are not supported")
+        if o.refiner is not None and o.init_image is not None:
+            raise ValueError("refiner= runs a txt2img ensemble; for img2img call the refiner with denoising_start")
         o.vae_tiling = checks.optional_bool("vae_tiling", o.vae_tiling)
         if o.tile_size is not None:
             o.tile_size = checks.integer("tile_size", o.tile_size, minimum=4 * vae_factor, maximum=1 << 16)
@@ -119,6 +131,9 @@ class Options:
             raise ValueError("mask_image needs init_image")
         o.init_image = init_input(o.init_image, latent_shape, o.width, o.height)
         o.mask_image = mask_input(o.mask_image)
+        if o.denoising_start is not None and (o.init_image is None or o.init_image.shape[1] != 4):
+            raise ValueError("denoising_start continues a partly denoised latent: init_image must be latents "
+                             "(a base model's Images.latents after denoising_end)")
         return o
 
 

@@ -32,6 +32,7 @@ def no_work(sd1, monkeypatch):
         raise AssertionError("work started before the arguments were checked")
 
     monkeypatch.setattr(sd1.prompt_encoder, "encode", encode)
+    monkeypatch.setattr(sd1.prompt_encoder, "encode_texts", encode)
     return sd1
 
 

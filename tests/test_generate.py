@@ -36,7 +36,8 @@ PIPELINES = {"sd1": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline",
              "sdxl": "StableDiffusionXLPipeline", "sd1_inpaint": "StableDiffusionInpaintPipeline",
              "sdxl_refiner": "StableDiffusionXLImg2ImgPipeline"}
 SCHEDULERS = {"euler": "EulerDiscreteScheduler", "dpm++_2m": "DPMSolverMultistepScheduler",
-              "euler_a": "EulerAncestralDiscreteScheduler"}
+              "euler_a": "EulerAncestralDiscreteScheduler", "uni_pc": "UniPCMultistepScheduler",
+              "dpm++_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"})}
 PROMPT = "a lovely cat sitting on a wooden table, photograph"
 LONG_PROMPT = ", ".join(["a lovely cat on a windowsill in the morning sun"] * 12)  # 3 chunks
 
@@ -132,8 +133,8 @@ def diffusers_latents(noise, sigma0) -> torch.Tensor:
 
 
 def with_scheduler(pipe, sampler):
-    cls = getattr(diffusers, SCHEDULERS[sampler])
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    name, options = SCHEDULERS[sampler] if isinstance(SCHEDULERS[sampler], tuple) else (SCHEDULERS[sampler], {})
+    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **options)
     return pipe
 
 
@@ -471,3 +472,24 @@ def test_cli_generate_writes_a_png_with_parameters(tmp_path):
     with Image.open(out) as png:
         assert png.size == (32, 32)
         assert "Seed: 5" in png.info["parameters"] and "Sampler: DPM++ 2M" in png.info["parameters"]
+
+
+@pytest.mark.parametrize("family,sampler", [("sd1", "euler"), ("sd1", "dpm++_2m"), ("sdxl", "euler_a"),
+                                            ("sd2", "uni_pc"), ("sd1", "dpm++_2m_sde")])
+def test_start_noise_diffusers_reproduces_a_seeded_diffusers_run(models, pipes, encoders, family, sampler):
+    """start_noise="diffusers" with rng="cpu": the same seed gives diffusers' image with no latents handed over
+    (its Euler schedulers start at noise * sqrt(sigma_0^2 + 1) for "leading" spacing, DPM-Solver at unit noise on the
+    VP latent); sdcpp's own start (noise * sigma_0, k-diffusion / A1111) gives another image."""
+    model = models(family)
+    kwargs = dict(width=W, height=H, steps=4, guidance_scale=5.0, sampler=sampler, rng="cpu", seed=123, progress=False)
+    ours = model.generate(PROMPT, "blurry", start_noise="diffusers", **kwargs)
+    ref = with_scheduler(pipes(family), sampler)(
+        **reference_embeds(model, encoders, family, PROMPT, "blurry"), height=H, width=W, num_inference_steps=4,
+        guidance_scale=5.0, output_type="np", generator=torch.Generator().manual_seed(123)).images
+    err = max_err(ours.arrays, ref)
+    print(f"\n{family} {sampler} diffusers start noise: max abs {err:.2e}")
+    assert err <= MAX_ERR
+    own = model.generate(PROMPT, "blurry", **kwargs)
+    assert max_err(own.arrays, ref) > 100 * MAX_ERR
+    with pytest.raises(ValueError, match="start_noise"):
+        model.generate(PROMPT, start_noise="comfy", **kwargs)

@@ -15,6 +15,25 @@ def _types(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH, got {text!r}") from None
+    return h, w
+
+
+def _embeds_file(path) -> dict:
+    import numpy as np
+
+    keys = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    with np.load(path, allow_pickle=False) as data:
+        unknown = set(data.files) - set(keys)
+        if unknown:
+            raise ValueError(f"{path}: unknown arrays {sorted(unknown)}; expected some of {keys}")
+        return {k: data[k] for k in data.files}
+
+
 def _add_request_args(p: argparse.ArgumentParser):
     p.add_argument("model", nargs="+", help="checkpoint file(s) or diffusers folder; later ones override "
                                               "the components they hold")
@@ -50,14 +69,37 @@ def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
     p.add_argument("--sampler", default="euler_a",
-                   help="euler_a, euler, heun, dpm2, dpm++_2m, dpm++_2s_a, lcm, ddim")
-    p.add_argument("--schedule", default="discrete", help="discrete, karras, exponential, ays, lcm")
+                   help="euler_a, euler, heun, dpm2, dpm++_2m, dpm++_2s_a, dpm++_2m_sde, dpm++_3m_sde, uni_pc, "
+                        "euler_cfg++, lcm, ddim")
+    p.add_argument("--schedule", default="discrete",
+                   help="discrete, karras, exponential, beta, sgm_uniform, simple, ays, lcm")
+    p.add_argument("--start-noise", default="sdcpp", choices=["sdcpp", "diffusers"],
+                   help="txt2img start noise scaling: sdcpp (noise * sigma_0, as A1111) or diffusers' (with --rng cpu "
+                        "and a diffusers seed: the same image)")
     p.add_argument("--seed", type=int, help="default: random (printed)")
     p.add_argument("-W", "--width", type=int, help="default: the family's native size")
     p.add_argument("-H", "--height", type=int)
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--rng", default="numpy", help="numpy, philox (A1111/sd.cpp GPU noise), cpu (torch CPU)")
     p.add_argument("--clip-skip", type=int)
+    p.add_argument("--embeddings-dir", help="textual-inversion embeddings (A1111 .pt / .safetensors), used by "
+                                            "file name in the prompt")
+    p.add_argument("--embeds", help="an .npz of prompt_embeds / negative_prompt_embeds (SDXL: also "
+                                    "pooled_prompt_embeds / negative_pooled_prompt_embeds) used instead of the prompts")
+    p.add_argument("--hr-scale", type=float, help="hires fix: upscale the first pass by this and run a second pass")
+    p.add_argument("--hr-upscaler", default="latent", choices=["latent", "latent_nearest", "lanczos"])
+    p.add_argument("--hr-denoising-strength", type=float, default=0.7)
+    p.add_argument("--hr-steps", type=int, help="steps of the hires pass (default: --steps)")
+    p.add_argument("--refiner", help="an SDXL refiner: base -> refiner in one run (diffusers' ensemble of experts)")
+    p.add_argument("--denoising-end", type=float, help="the fraction the base model denoises before the refiner "
+                                                       "(default 0.8 with --refiner)")
+    p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode/encode in tiles (default: only when the whole image would not fit in memory)")
+    p.add_argument("--tile-size", type=int, help="VAE tile size in pixels (default 512)")
+    p.add_argument("--original-size", type=_pair, metavar="H,W", help="SDXL size conditioning")
+    p.add_argument("--target-size", type=_pair, metavar="H,W")
+    p.add_argument("--negative-original-size", type=_pair, metavar="H,W")
+    p.add_argument("--negative-target-size", type=_pair, metavar="H,W")
     p.add_argument("--init-image", help="img2img / inpainting source image")
     p.add_argument("--mask", help="inpainting mask (white = repaint)")
     p.add_argument("--strength", type=float, default=0.75)
@@ -79,17 +121,25 @@ def _generate(a) -> int:
 
     stem, ext = os.path.splitext(a.output)
     outputs = [a.output] if a.num_images == 1 else [f"{stem}-{i}{ext or '.png'}" for i in range(a.num_images)]
-    inputs = [p for p in (a.model, a.vae, a.init_image, a.mask) if p]
+    inputs = [p for p in (a.model, a.vae, a.init_image, a.mask, a.refiner, a.embeddings_dir, a.embeds) if p]
     for path in outputs:  # before loading: a typo must not cost a load, or overwrite an input
         check_destination(path, inputs)
     load = dict(vae=a.vae, type=a.type, unet_type=a.unet_type, te_type=a.te_type, vae_type=a.vae_type)
+    sizes = {k: getattr(a, k) for k in ("original_size", "target_size", "negative_original_size",
+                                        "negative_target_size") if getattr(a, k) is not None}
     model = Model(a.model, n_threads=a.threads, prediction=a.prediction,
                   **{k: v for k, v in load.items() if v is not None})
     images = model.generate(a.prompt, a.negative_prompt, steps=a.steps, guidance_scale=a.cfg, sampler=a.sampler,
                             schedule=a.schedule, seed=a.seed, width=a.width, height=a.height,
-                            num_images=a.num_images, rng=a.rng, clip_skip=a.clip_skip, strength=a.strength,
+                            num_images=a.num_images, rng=a.rng, start_noise=a.start_noise, clip_skip=a.clip_skip,
+                            strength=a.strength,
                             init_image=Image.open(a.init_image) if a.init_image else None,
-                            mask_image=Image.open(a.mask) if a.mask else None)
+                            mask_image=Image.open(a.mask) if a.mask else None, embeddings_dir=a.embeddings_dir,
+                            **(_embeds_file(a.embeds) if a.embeds else {}), **sizes, hr_scale=a.hr_scale,
+                            hr_upscaler=a.hr_upscaler, hr_denoising_strength=a.hr_denoising_strength,
+                            hr_steps=a.hr_steps, vae_tiling=a.vae_tiling, tile_size=a.tile_size,
+                            refiner=Model(a.refiner, n_threads=a.threads) if a.refiner else None,
+                            denoising_end=a.denoising_end)
     for path, img, info in zip(outputs, images, images.info, strict=True):
         save_png(img, path)
         print(f"wrote {path} (seed {info['seed']})")

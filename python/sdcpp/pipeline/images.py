@@ -11,7 +11,8 @@ from PIL import Image, PngImagePlugin
 from ..sampling import SAMPLERS
 
 # A1111's names for schedule settings in its "parameters" text (what image browsers parse); samplers carry theirs.
-A1111_SCHEDULE_NAMES = {"karras": "Karras", "exponential": "Exponential", "ays": "Align Your Steps"}
+A1111_SCHEDULE_NAMES = {"karras": "Karras", "exponential": "Exponential", "ays": "Align Your Steps", "beta": "Beta",
+                        "sgm_uniform": "SGM Uniform", "simple": "Simple"}
 
 
 def to_pil(decoded: np.ndarray) -> list[Image.Image]:

@@ -24,15 +24,28 @@ def available_bytes() -> int | None:
     return None
 
 
-def lower_bound(config, *, width: int, height: int, batch: int, cfg: bool, flash_attn: bool) -> tuple[int, str]:
-    """(bytes, what) of the largest unavoidable working set of one generation (`config`: sdcpp ModelConfig)."""
+def vae_bound(config, *, width: int, height: int, flash_attn: bool) -> tuple[int, str]:
+    """(bytes, what) of the largest unavoidable working set of one VAE decode of width x height pixels."""
+    if config.vae is None:
+        return 0, "nothing"
+    h, w = height // config.vae_factor, width // config.vae_factor
+    # decoding is one image at a time: input and output of the last conv coexist
+    bounds = [(2 * config.vae.arch.decoder_out_channels * width * height * F32,
+               "VAE decoder activations at full resolution")]
+    if config.vae.arch.mid_attention and not flash_attn:
+        bounds.append(((h * w) ** 2 * F32, "VAE mid-block attention scores"))
+    return max(bounds)
+
+
+def lower_bound(config, *, width: int, height: int, batch: int, cfg: bool, flash_attn: bool,
+                vae_tile: int | None = None) -> tuple[int, str]:
+    """(bytes, what) of the largest unavoidable working set of one generation (`config`: sdcpp ModelConfig);
+    `vae_tile`: the VAE decodes tiles of that many pixels (pipeline/tiling.py) instead of the whole image."""
     h, w = height // config.vae_factor, width // config.vae_factor
     bounds = []
-    if config.vae is not None:  # decoding is one image at a time: input and output of the last conv coexist
-        bounds.append((2 * config.vae.arch.decoder_out_channels * width * height * F32,
-                       "VAE decoder activations at full resolution"))
-        if config.vae.arch.mid_attention and not flash_attn:
-            bounds.append(((h * w) ** 2 * F32, "VAE mid-block attention scores"))
+    if config.vae is not None:
+        vw, vh = (min(width, vae_tile), min(height, vae_tile)) if vae_tile else (width, height)
+        bounds.append(vae_bound(config, width=vw, height=vh, flash_attn=flash_attn))
     rows = batch * (2 if cfg else 1)
     if config.unet is not None:
         arch = config.unet.arch
@@ -44,10 +57,13 @@ def lower_bound(config, *, width: int, height: int, batch: int, cfg: bool, flash
     return max(bounds, default=(0, "nothing"))
 
 
-def check_fits(config, *, width: int, height: int, batch: int, cfg: bool, flash_attn: bool):
+def check_fits(config, *, width: int, height: int, batch: int, cfg: bool, flash_attn: bool, vae_tiling: bool = False,
+               tile_size: int | None = None):
     from ..errors import ResourceError
+    from .tiling import DEFAULT_TILE
 
-    need, what = lower_bound(config, width=width, height=height, batch=batch, cfg=cfg, flash_attn=flash_attn)
+    need, what = lower_bound(config, width=width, height=height, batch=batch, cfg=cfg, flash_attn=flash_attn,
+                             vae_tile=(tile_size or DEFAULT_TILE) if vae_tiling else None)
     avail = available_bytes()
     if avail is not None and need > avail and not os.environ.get("SDCPP_NO_MEMORY_CHECK"):
         raise ResourceError(

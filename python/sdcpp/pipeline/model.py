@@ -49,6 +49,7 @@ class Model:
         if unknown:
             raise TypeError(f"Model() got unexpected arguments: {', '.join(sorted(unknown))}")
         n_threads = checks.threads(n_threads)
+        self.n_threads = n_threads
         flash_attn = checks.optional_bool("flash_attn", flash_attn)
         start = time.perf_counter()
         self.weights = load_weights(path, device=device, n_threads=n_threads, progress=progress,
@@ -90,20 +91,48 @@ class Model:
         width, height: default the UNet config's sample_size x 8 where there is one (diffusers' rule), else the
             family's native size (SD1 512, SD2 768 (512-base: 512), SDXL 1024).
         steps (20), guidance_scale (7.0; 1 runs no unconditional pass), sampler: euler_a (default), euler,
-            heun, dpm2, dpm++_2m, dpm++_2s_a, lcm, ddim; schedule: discrete (default), karras, exponential,
-            ays, lcm; timestep_spacing: leading (default), trailing, linspace. Each sampler walks the table of
-            its diffusers scheduler (Euler*, DPMSolver*, DDIM).
+            heun, dpm2, dpm++_2m, dpm++_2s_a, dpm++_2m_sde, dpm++_3m_sde, uni_pc, euler_cfg++, lcm, ddim;
+            schedule: discrete (default), karras, exponential, beta, sgm_uniform, simple, ays, lcm;
+            timestep_spacing: leading (default), trailing, linspace. Each sampler walks the table of its diffusers
+            scheduler (Euler*, DPMSolver*, UniPC, DDIM); sgm_uniform and simple are A1111's / ComfyUI's.
         seed: None or -1 draws one (reported in .info and .report); image i uses seed + i. rng: "numpy" (default),
             "philox" (A1111 / stable-diffusion.cpp GPU noise), "cpu" (torch CPU noise, as diffusers on CPU).
-        latents: the start noise [num_images, 4, h, w] at unit variance (scaled by the first sigma here).
+        start_noise: "sdcpp" (default: txt2img starts at noise * sigma_0, as k-diffusion, A1111 and
+            stable-diffusion.cpp) or "diffusers" (its Euler schedulers start at noise * sqrt(sigma_0^2 + 1) with
+            "leading" spacing, DPM-Solver / UniPC / DDIM / LCM at unit noise on the VP latent): with rng="cpu" and the
+            seed of a diffusers CPU run, the same image.
+        latents: the start noise [num_images, 4, h, w] at unit variance (scaled as start_noise says).
         num_images, clip_skip (A1111: 1 = last layer, 2 = penultimate), eta (ancestral samplers, DDIM).
         init_image (PIL image, path, [1, 3, H, W] in [-1, 1], or scaled latents [1 or B, 4, h, w]) with strength
             (0.75): img2img as diffusers (the last int(steps * strength) steps run). mask_image (PIL image or path,
             white = repaint; or an [H, W] array: bool, 0..255 integers or 0..1 floats, resized like an image):
             inpainting; 9-channel UNets get mask + masked-image latents, others keep the init latent outside
             the mask at every step.
-        SDXL: original_size, crops_coords_top_left, target_size ((height, width) pairs); refiner:
-            aesthetic_score, negative_aesthetic_score. An empty negative prompt is zeros on SDXL base.
+        SDXL: original_size, crops_coords_top_left, target_size ((height, width) pairs) and negative_original_size,
+            negative_crops_coords_top_left, negative_target_size for the unconditional pass (diffusers' names and
+            defaults); refiner: aesthetic_score, negative_aesthetic_score. An empty negative prompt is zeros on SDXL
+            base.
+        Prompts take A1111 syntax: (emphasis:1.2), [less], BREAK, prompt editing [from:to:when] / [add:when] /
+            [remove::when] (when < 1 with a decimal point: a fraction of the steps, else a step) and alternation
+            [a|b|c] (one per step), switching at A1111's steps; textual-inversion embeddings by file name with
+            embeddings_dir= (a folder of A1111 .pt / .safetensors files, a file, or a list; SD1/SD2 string_to_param
+            or emb_params, SDXL clip_l + clip_g; embeddings that do not fit the model are skipped, as in A1111).
+        prompt_embeds [1, T, context_dim], negative_prompt_embeds (SDXL: pooled_prompt_embeds,
+            negative_pooled_prompt_embeds [1, P]): conditioning computed elsewhere (diffusers' arguments), used
+            instead of encoding the prompt / negative prompt.
+        hr_scale (None: off): A1111's hires fix: the image is made at width x height, upscaled by hr_scale
+            (hr_upscaler "latent" = bilinear latents (A1111 "Latent"), "latent_nearest", or "lanczos" = decode,
+            8-bit Lanczos, encode), then hr_steps (default: steps) img2img steps at hr_denoising_strength (0.7) run
+            at the new size, as A1111 sets them up (the last hr_steps of int(hr_steps / strength)); its "Hires ..."
+            fields go to the PNG parameters. txt2img with 4-channel UNets only.
+        vae_tiling: decode (and encode) in overlapping tiles of tile_size pixels (default 512) blended as diffusers'
+            enable_tiling(); None (default): only when the whole image's VAE working set would not fit in memory.
+            Tiles are normalized and attend on their own (as in diffusers), so the result is not the untiled one.
+        refiner (a Model or a path): SDXL base -> refiner in one call, diffusers' ensemble of experts: this model
+            runs the steps down to denoising_end (default 0.8 of the way: timesteps >= round(1000 - 800)), the
+            refiner the rest of the same table with its own text conditioning (same prompts, aesthetic scores),
+            and decodes. denoising_end alone stops early (Images.latents for a refiner); denoising_start with
+            init_image=those latents continues them without adding noise (the refiner's half on its own).
         progress: True (tqdm bar), False, or callback(step, total, info) -> bool | None, called with step 0
             before the first step and after each one (info: step_time, latents, denoised); returning False
             cancels as `cancel()` does: sdcpp.Cancelled (the model stays usable). Ctrl-C stops a running graph

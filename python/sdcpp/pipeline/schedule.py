@@ -8,7 +8,7 @@ from ..config.families import FAMILIES
 from ..sampling import KINDS, StepTable, TrainSchedule, get_sampler, step_table
 
 # How the DPM-Solver family turns karras/exponential sigmas into the integer timesteps the model sees.
-DPM_ROUNDING = {"karras": "round", "exponential": "floor"}
+DPM_ROUNDING = {"karras": "round", "exponential": "floor", "beta": "floor"}
 
 
 def check(sampler: str, schedule: str) -> None:

@@ -21,11 +21,15 @@ from .schedules import (
     StepTable,
     TrainSchedule,
     ays_sigmas,
+    beta_ppf,
+    beta_sigmas,
     diffusers_init_noise_sigma,
     exponential_sigmas,
     karras_sigmas,
     lcm_timesteps,
     scaled_linear_alphas_cumprod,
+    sgm_uniform_sigmas,
+    simple_timesteps,
     spaced_timesteps,
     step_table,
 )
@@ -33,6 +37,8 @@ from .schedules import (
 __all__ = [
     "AYS_TIMESTEPS", "KINDS", "PREDICTIONS", "SAMPLERS", "SPACINGS", "STYLES", "CFGDenoiser", "Denoiser",
     "NumpyRNG", "PhiloxRNG", "Sampled", "Sampler", "StepTable", "TorchCpuRNG", "TrainSchedule", "ancestral_step",
-    "ays_sigmas", "diffusers_init_noise_sigma", "exponential_sigmas", "get_sampler", "karras_sigmas",
-    "lcm_timesteps", "make_rng", "sample", "scaled_linear_alphas_cumprod", "spaced_timesteps", "step_table",
+    "ays_sigmas", "beta_ppf", "beta_sigmas", "diffusers_init_noise_sigma", "exponential_sigmas", "get_sampler",
+    "karras_sigmas",
+    "lcm_timesteps", "make_rng", "sample", "scaled_linear_alphas_cumprod", "sgm_uniform_sigmas", "simple_timesteps",
+    "spaced_timesteps", "step_table",
 ]

@@ -35,6 +35,9 @@ class Denoiser:
         diffusers LCMScheduler: sigma_data = 0.5, timestep_scaling = 10) to the prediction. Use it for
         LCM-distilled checkpoints to match diffusers. A1111 and ComfyUI leave it out (LCM-LoRA); its skip
         weight 0.25 / ((10 t)^2 + 0.25) is under 7e-6 at LCM's smallest timestep (19), so that changes little.
+    table: a StepTable whose sigmas get its own timesteps (other sigmas, e.g. second-order midpoints, are converted
+        and rounded as above). diffusers truncates float64 timesteps of float64 sigmas, which the float32 table
+        cannot always reproduce (an exponential table's first timestep is 998, a beta table's 999, both at sigma_max).
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class Denoiser:
         *,
         timestep_rounding: str | None = None,
         lcm_boundary: bool = False,
+        table=None,
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
@@ -55,9 +59,14 @@ class Denoiser:
         self.prediction = prediction
         self.timestep_rounding = timestep_rounding
         self.lcm_boundary = lcm_boundary
+        # the last sigma is the end level, which has no timestep
+        self.table = None if table is None else {
+            float(s): float(t) for s, t in zip(table.sigmas[:-1], table.timesteps, strict=True)}
 
     def timestep(self, sigma: float) -> float:
         """The discrete training timestep the model is called with at noise level sigma."""
+        if self.table is not None and float(sigma) in self.table:
+            return self.table[float(sigma)]
         t = float(self.train.sigma_to_t(sigma))
         if self.timestep_rounding == "round":
             return float(np.round(t))  # half to even, like numpy's .round() in diffusers
@@ -111,6 +120,9 @@ class CFGDenoiser:
     diffusers' pipelines do. Guidance is applied to the raw prediction, which is equivalent to applying it to
     the denoised estimate because denoised is affine in the prediction. With scale == 1 or no uncond, only the
     conditional batch is run.
+
+    After each call `uncond_denoised` holds the unconditional denoised estimate (the guided one without guidance),
+    which CFG++ samplers step along.
     """
 
     def __init__(self, denoiser: Denoiser, cond, uncond=None, scale: float = 1.0):
@@ -118,12 +130,21 @@ class CFGDenoiser:
         self.cond = cond
         self.uncond = uncond
         self.scale = float(scale)
+        self.uncond_denoised = None
+
+    def conditioning(self):
+        """(cond, uncond) for the call being made; subclasses may change them per step (prompt editing)."""
+        return self.cond, self.uncond
 
     def __call__(self, x: np.ndarray, sigma: float) -> np.ndarray:
-        if self.uncond is None or self.scale == 1.0:
-            out = self.denoiser.predict(x, sigma, self.cond)
-        else:
-            both = self.denoiser.predict(np.concatenate([x, x], axis=0), sigma, _concat(self.uncond, self.cond))
-            out_uncond, out_cond = np.split(both, 2, axis=0)
-            out = out_uncond + np.float32(self.scale) * (out_cond - out_uncond)
+        cond, uncond = self.conditioning()
+        if uncond is None or self.scale == 1.0:
+            out = self.denoiser.predict(x, sigma, cond)
+            denoised = self.denoiser.to_denoised(x, sigma, out)
+            self.uncond_denoised = denoised
+            return denoised
+        both = self.denoiser.predict(np.concatenate([x, x], axis=0), sigma, _concat(uncond, cond))
+        out_uncond, out_cond = np.split(both, 2, axis=0)
+        out = out_uncond + np.float32(self.scale) * (out_cond - out_uncond)
+        self.uncond_denoised = self.denoiser.to_denoised(x, sigma, out_uncond)
         return self.denoiser.to_denoised(x, sigma, out)

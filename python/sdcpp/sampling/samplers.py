@@ -209,6 +209,166 @@ def sample_lcm(denoiser, x, sigmas, *, rng=None, callback=None) -> Sampled:
     return Sampled(x, total)
 
 
+def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, rng=None, eta=1.0, callback=None) -> Sampled:
+    """DPM-Solver++(2M) SDE (k-diffusion's sample_dpmpp_2m_sde, midpoint variant; diffusers' DPMSolverMultistep
+    with algorithm_type="sde-dpmsolver++"): the 2M update with the exp(-eta h) decay of x and fresh noise of
+    sigma_next * sqrt(1 - exp(-2 eta h)) after each step but the last. eta = 0 is DPM++ 2M.
+
+    Noise is one Gaussian draw per step from `rng`, as diffusers; A1111 and ComfyUI default to a Brownian-tree
+    noise sampler, which draws other (equally distributed) noise, so their images differ from these."""
+    s = _sigmas(sigmas)
+    total = len(s) - 1
+    old = None
+    h_last = None
+    for i in range(total):
+        denoised = denoiser(x, s[i])
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            eta_h = eta * h
+            x = x * np.float32(s[i + 1] / s[i] * math.exp(-eta_h)) + denoised * np.float32(-math.expm1(-h - eta_h))
+            if old is not None:
+                r = h_last / h
+                x = x + (denoised - old) * np.float32(0.5 * -math.expm1(-h - eta_h) / r)
+            if eta:
+                noise = _need_rng(rng, "dpm++_2m_sde").randn(x.shape)
+                x = x + noise * np.float32(s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)))
+            h_last = h
+        old = denoised
+        if _stop(callback, i + 1, total, x, denoised):
+            return Sampled(x, i + 1, True)
+    return Sampled(x, total)
+
+
+def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, rng=None, eta=1.0, callback=None) -> Sampled:
+    """DPM-Solver++(3M) SDE (k-diffusion's sample_dpmpp_3m_sde): third-order linear multistep on the denoised
+    estimates (first and second order while the history fills up), with the 2M SDE's decay and noise; eta = 0 is
+    the ODE solver DPM-Solver++(3M) (diffusers' DPMSolverMultistep, solver_order=3).
+
+    diffusers' sde-dpmsolver++ third-order update weights D2 by (1 - e^{-2h} - 2h) / (2h)^2 - 1/2; k-diffusion (and
+    the eta -> 0 limit, diffusers' own ODE update) has + 1/2, which we follow. Noise as in sample_dpmpp_2m_sde."""
+    s = _sigmas(sigmas)
+    total = len(s) - 1
+    d_1 = d_2 = None
+    h_1 = h_2 = None
+    for i in range(total):
+        denoised = denoiser(x, s[i])
+        h = None
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            h_eta = h * (eta + 1)
+            x = x * np.float32(math.exp(-h_eta)) + denoised * np.float32(-math.expm1(-h_eta))
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (denoised - d_1) / np.float32(r0)
+                d1_1 = (d_1 - d_2) / np.float32(r1)
+                d1 = d1_0 + (d1_0 - d1_1) * np.float32(r0 / (r0 + r1))
+                d2 = (d1_0 - d1_1) / np.float32(r0 + r1)
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + d1 * np.float32(phi_2) - d2 * np.float32(phi_3)
+            elif h_1 is not None:
+                x = x + (denoised - d_1) * np.float32(phi_2 / (h_1 / h))
+            if eta:
+                noise = _need_rng(rng, "dpm++_3m_sde").randn(x.shape)
+                x = x + noise * np.float32(s[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)))
+        d_1, d_2 = denoised, d_1
+        h_1, h_2 = h, h_1
+        if _stop(callback, i + 1, total, x, denoised):
+            return Sampled(x, i + 1, True)
+    return Sampled(x, total)
+
+
+def _unipc_coefficients(rks: list[float], hh: float, order: int, variant: str) -> tuple[float, float, np.ndarray]:
+    """(h phi_1, B(h), R, b) of UniPC (Zhao et al. 2023, arXiv:2302.04867, algorithm 1) for data prediction."""
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    factorial = 1
+    R, b = [], []
+    for i in range(1, order + 1):
+        R.append([r ** (i - 1) for r in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return h_phi_1, b_h, np.array(R, np.float64), np.array(b, np.float64)
+
+
+def sample_uni_pc(denoiser, x, sigmas, *, order: int = 2, variant: str = "bh2", callback=None) -> Sampled:
+    """UniPC (Zhao et al. 2023): a multistep predictor (UniP) and, from the second step on, a corrector (UniC) that
+    refines the previous step's result with the model output just computed at it, so one model call per step.
+    Data prediction, as diffusers' UniPCMultistepScheduler defaults (order 2, "bh2", lower_order_final): the order
+    ramps up over the first steps and drops to fit the steps left. Written in sigma (VE) space: lambda = -log(sigma),
+    where diffusers' VP alpha_t factors cancel."""
+    if order not in (1, 2, 3) or variant not in ("bh1", "bh2"):
+        raise ValueError(f"uni_pc takes order 1-3 and variant 'bh1' or 'bh2', got {order}, {variant!r}")
+    s = _sigmas(sigmas)
+    total = len(s) - 1
+    lam = [-math.log(v) if v > 0 else math.inf for v in s]
+    outputs: list[np.ndarray] = []  # denoised estimates at s[0..i]
+    last_x = None
+    last_order = 0
+    for i in range(total):
+        denoised = denoiser(x, s[i])
+        if last_x is not None:  # UniC: correct x at s[i] with the model output there
+            h = lam[i] - lam[i - 1]
+            m0 = outputs[-1]
+            rks, d1s = [], []
+            for k in range(1, last_order):
+                rk = (lam[i - 1 - k] - lam[i - 1]) / h
+                rks.append(rk)
+                d1s.append((outputs[-1 - k] - m0) / np.float32(rk))
+            h_phi_1, b_h, R, b = _unipc_coefficients(rks + [1.0], -h, last_order, variant)
+            rhos = np.array([0.5]) if last_order == 1 else np.linalg.solve(R, b)
+            corr = sum((d * np.float32(r) for d, r in zip(d1s, rhos[:-1], strict=True)), np.zeros_like(x))
+            x = (last_x * np.float32(s[i] / s[i - 1]) - m0 * np.float32(h_phi_1)
+                 - (corr + (denoised - m0) * np.float32(rhos[-1])) * np.float32(b_h))
+        outputs.append(denoised)
+        this_order = min(order, total - i, len(outputs))
+        last_x, last_order = x, this_order
+        # UniP: predict x at s[i + 1]
+        h = lam[i + 1] - lam[i]
+        rks, d1s = [], []
+        for k in range(1, this_order):
+            rk = (lam[i - k] - lam[i]) / h
+            rks.append(rk)
+            d1s.append((outputs[-1 - k] - denoised) / np.float32(rk))
+        if math.isinf(h):  # into sigma = 0: h phi_1 = -1, B(h) = -1 (bh2) or -inf (bh1, only times zero terms)
+            x = denoised if this_order == 1 else None
+            if x is None:
+                raise ValueError("uni_pc: a higher-order step into sigma = 0 (lower_order_final keeps it first order)")
+        else:
+            h_phi_1, b_h, R, b = _unipc_coefficients(rks + [1.0], -h, this_order, variant)
+            x = x * np.float32(s[i + 1] / s[i]) - denoised * np.float32(h_phi_1)
+            if d1s:
+                rhos = np.array([0.5]) if this_order == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
+                pred = sum((d * np.float32(r) for d, r in zip(d1s, rhos, strict=True)), np.zeros_like(x))
+                x = x - pred * np.float32(b_h)
+        if _stop(callback, i + 1, total, x, denoised):
+            return Sampled(x, i + 1, True)
+    return Sampled(x, total)
+
+
+def sample_euler_cfg_pp(denoiser, x, sigmas, *, callback=None) -> Sampled:
+    """Euler with CFG++ (Chung et al. 2024, arXiv:2406.08070), as ComfyUI's euler_cfg_pp: step from the guided
+    denoised estimate along the unconditional one's direction, x_next = denoised + sigma_next * (x - uncond) / sigma.
+    The denoiser must expose `uncond_denoised` after each call (CFGDenoiser does); without guidance it is Euler.
+    It takes the ordinary guidance scale, as ComfyUI's does; small scales (1-2) suit it."""
+    s = _sigmas(sigmas)
+    total = len(s) - 1
+    for i in range(total):
+        denoised = denoiser(x, s[i])
+        uncond = getattr(denoiser, "uncond_denoised", None)
+        uncond = denoised if uncond is None else uncond
+        x = denoised + (x - uncond) * np.float32(s[i + 1] / s[i])
+        if _stop(callback, i + 1, total, x, denoised):
+            return Sampled(x, i + 1, True)
+    return Sampled(x, total)
+
+
 @dataclass(frozen=True)
 class Sampler:
     """Everything a sampler name stands for: its function and how the pipeline must drive it."""
@@ -220,6 +380,9 @@ class Sampler:
     noisy: bool  # takes an rng (ddim uses it only when eta > 0)
     eta: float | None  # default eta; None: the sampler has no eta
     a1111: str  # A1111's name, written to the PNG "parameters" text
+    # diffusers' scheduler for it works on the VP latent x / sqrt(sigma^2 + 1) (DPM-Solver, UniPC, DDIM, LCM), so a
+    # diffusers txt2img run starts from noise * sqrt(sigma_0^2 + 1) in our frame (see Options.start_noise)
+    diffusers_vp: bool = False
 
 
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
@@ -227,10 +390,14 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
     Sampler("euler_a", sample_euler_ancestral, "euler", "zero", True, 1.0, "Euler a"),
     Sampler("heun", sample_heun, "euler", "zero", False, None, "Heun"),
     Sampler("dpm2", sample_dpm2, "euler", "zero", False, None, "DPM2"),
-    Sampler("dpm++_2m", sample_dpmpp_2m, "dpmsolver", "zero", False, None, "DPM++ 2M"),
-    Sampler("dpm++_2s_a", sample_dpmpp_2s_ancestral, "dpmsolver", "zero", True, 1.0, "DPM++ 2S a"),
-    Sampler("lcm", sample_lcm, "euler", "zero", True, None, "LCM"),
-    Sampler("ddim", sample_ddim, "ddim", "sigma_min", True, 0.0, "DDIM"),
+    Sampler("euler_cfg++", sample_euler_cfg_pp, "euler", "zero", False, None, "Euler CFG++"),
+    Sampler("dpm++_2m", sample_dpmpp_2m, "dpmsolver", "zero", False, None, "DPM++ 2M", True),
+    Sampler("dpm++_2s_a", sample_dpmpp_2s_ancestral, "dpmsolver", "zero", True, 1.0, "DPM++ 2S a", True),
+    Sampler("dpm++_2m_sde", sample_dpmpp_2m_sde, "dpmsolver", "zero", True, 1.0, "DPM++ 2M SDE", True),
+    Sampler("dpm++_3m_sde", sample_dpmpp_3m_sde, "dpmsolver", "zero", True, 1.0, "DPM++ 3M SDE", True),
+    Sampler("uni_pc", sample_uni_pc, "dpmsolver", "zero", False, None, "UniPC", True),
+    Sampler("lcm", sample_lcm, "euler", "zero", True, None, "LCM", True),
+    Sampler("ddim", sample_ddim, "ddim", "sigma_min", True, 0.0, "DDIM", True),
 )}
 
 

@@ -94,6 +94,11 @@ class TrainSchedule:
         """Linear interpolation of sigma between integer timesteps (diffusers' `interpolation_type="linear"`)."""
         return np.interp(t, np.arange(self.steps), self.sigmas)
 
+    def t_to_sigma_log(self, t) -> np.ndarray:
+        """Sigma at fractional timesteps by linear interpolation in log-sigma (k-diffusion's
+        `DiscreteSchedule.t_to_sigma`, used by A1111's and ComfyUI's sgm_uniform)."""
+        return np.exp(np.interp(t, np.arange(self.steps), self.log_sigmas.astype(np.float64)))
+
     def sigma_to_t(self, sigma) -> np.ndarray:
         """Fractional timestep of a sigma by linear interpolation in log-sigma, clamped to [0, steps - 1].
 
@@ -167,6 +172,75 @@ def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> np.ndarray
     return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
 
 
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for aa in (m * (b - m) * x / ((a - 1.0 + 2 * m) * (a + 2 * m)),
+                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1.0 + 2 * m))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-16:
+            break
+    return h
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """The regularized incomplete beta function I_x(a, b): the CDF of Beta(a, b) at x."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def beta_ppf(q: float, a: float, b: float) -> float:
+    """Inverse of `beta_cdf` (scipy.stats.beta.ppf) by bisection to float64 resolution."""
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if beta_cdf(mid, a, b) < q:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def beta_sigmas(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """"Beta Sampling is All You Need" (Lee et al. 2024, arXiv:2407.12173): sigmas at the Beta(0.6, 0.6) quantiles
+    of 1 - linspace(0, 1, n), mapped linearly onto [sigma_min, sigma_max] (diffusers' `use_beta_sigmas`, A1111's
+    "Beta" schedule)."""
+    q = 1.0 - np.linspace(0, 1, n)
+    return np.array([sigma_min + beta_ppf(float(v), alpha, beta) * (sigma_max - sigma_min) for v in q])
+
+
+def sgm_uniform_sigmas(n: int, train: TrainSchedule) -> np.ndarray:
+    """SGM uniform (A1111 / ComfyUI "sgm_uniform"): n timesteps evenly from the last training timestep to 0 (the
+    (n + 1)-th, t = 0, dropped), sigma by log-linear interpolation of the training table."""
+    t = np.linspace(train.steps - 1, 0, n + 1, dtype=np.float32)[:-1].astype(np.float64)
+    return train.t_to_sigma_log(t)
+
+
+def simple_timesteps(n: int, train_steps: int = TRAIN_STEPS) -> np.ndarray:
+    """A1111 / ComfyUI "simple": every (train_steps / n)-th training timestep from the last, index truncated."""
+    return (train_steps - 1 - np.floor(np.arange(n) * (train_steps / n))).astype(np.float64)
+
+
 # Align Your Steps (Sabour, Fidler, Kreis 2024, arXiv:2404.14507): NVIDIA's published 10-step schedules, as
 # training timesteps (research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html; also diffusers'
 # `AysSchedules`). Sigmas are those of the training schedule at these timesteps; ComfyUI's and stable-diffusion.cpp's
@@ -216,7 +290,7 @@ class StepTable:
         return len(self.timesteps)
 
 
-KINDS = ("discrete", "karras", "exponential", "ays", "lcm")
+KINDS = ("discrete", "karras", "exponential", "ays", "lcm", "beta", "sgm_uniform", "simple")
 
 
 def step_table(
@@ -234,21 +308,22 @@ def step_table(
 ) -> StepTable:
     """Sigmas and timesteps for an n-step run.
 
-    kind: "discrete" (training sigmas at spaced timesteps), "karras", "exponential", "ays" or "lcm".
-    style: which diffusers family to follow (see STYLES). It picks the spacing variant and, for karras and
-        exponential, the sigma range: the Euler family spans the spaced discrete sigmas (so it depends on
+    kind: "discrete" (training sigmas at spaced timesteps), "karras", "exponential", "beta", "ays", "lcm",
+        "sgm_uniform" or "simple" (the last two as A1111 and ComfyUI build them; they ignore style and spacing).
+    style: which diffusers family to follow (see STYLES). It picks the spacing variant and, for karras,
+        exponential and beta, the sigma range: the Euler family spans the spaced discrete sigmas (so it depends on
         `spacing`), the DPM-Solver family (and k-diffusion, A1111, stable-diffusion.cpp) the whole training range.
     final: "zero" or "sigma_min" (the smallest training sigma; diffusers' DDIM with set_alpha_to_one=False,
         final_sigmas_type="sigma_min").
     timestep_rounding: None, "round" or "floor": how the scheduler turns karras/exponential sigmas back into its
         reported timesteps (diffusers: Euler/Heun None, KDPM2 and DPM-Solver karras "round", DPM-Solver
-        exponential "floor" via an int64 cast). Sigmas are unaffected.
+        exponential and beta "floor" via an int64 cast). Sigmas are unaffected.
     """
     if kind not in KINDS:
         raise ValueError(f"sigma schedule must be one of {KINDS}, not {kind!r}")
     if n < 1:
         raise ValueError(f"need at least one step, got {n}")
-    if kind in ("discrete", "karras", "exponential"):
+    if kind in ("discrete", "karras", "exponential", "beta"):
         timesteps = spaced_timesteps(n, spacing, steps_offset, style=style, train_steps=train.steps)
         sigmas = train.t_to_sigma(timesteps)
         if kind != "discrete":
@@ -256,7 +331,7 @@ def step_table(
                 lo, hi = float(sigmas[-1]), float(sigmas[0])
             else:
                 lo, hi = train.sigma_min, train.sigma_max
-            make = karras_sigmas if kind == "karras" else exponential_sigmas
+            make = {"karras": karras_sigmas, "exponential": exponential_sigmas, "beta": beta_sigmas}[kind]
             sigmas = make(n, lo, hi)
             timesteps = train.sigma_to_t(sigmas)
             if timestep_rounding == "round":
@@ -265,6 +340,12 @@ def step_table(
                 timesteps = np.floor(timesteps)
             elif timestep_rounding is not None:
                 raise ValueError(f"timestep_rounding must be None, 'round' or 'floor', not {timestep_rounding!r}")
+    elif kind == "sgm_uniform":
+        sigmas = sgm_uniform_sigmas(n, train)
+        timesteps = train.sigma_to_t(sigmas)
+    elif kind == "simple":
+        timesteps = simple_timesteps(n, train.steps)
+        sigmas = train.sigmas[timesteps.astype(np.int64)].astype(np.float64)
     elif kind == "lcm":
         timesteps = lcm_timesteps(n, lcm_original_steps, train.steps)
         sigmas = train.sigmas[timesteps.astype(np.int64)].astype(np.float64)

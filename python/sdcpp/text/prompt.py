@@ -2,8 +2,8 @@
 
 Behaviour follows AUTOMATIC1111/stable-diffusion-webui: `modules/prompt_parser.py` (`parse_prompt_attention`),
 `modules/sd_hijack_clip.py` (`tokenize_line`, `empty_chunk`, `process_tokens`) and `modules/sd_emphasis.py`
-("Original" emphasis). Prompt editing / alternation (`[a:b:0.5]`, `[a|b]`) and textual-inversion embeddings
-are not handled here.
+("Original" emphasis), with textual-inversion embeddings placed as its `tokenize_line` places them. Prompt editing
+and alternation (`[a:b:0.5]`, `[a|b]`) come before this, in text/schedule.py.
 """
 
 from __future__ import annotations
@@ -95,18 +95,23 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     return [(t, w) for t, w in merged]
 
 
+EMBEDDING_SLOT = -1  # id of a token position an embedding vector fills (PromptTokens.embeddings says which)
+
+
 @dataclass
 class PromptTokens:
     """A prompt as n_chunks CLIP sequences of 77, concatenated along the sequence axis.
 
     ids: int32 [n_chunks * 77], each chunk BOS + 75 tokens + EOS, padding after the first EOS is the
     tokenizer's pad_id; weights: float32 [n_chunks * 77], 1.0 on BOS/EOS/padding; token_count: prompt tokens
-    as A1111 counts them (the "n/75" shown in its UI).
+    as A1111 counts them (the "n/75" shown in its UI). embeddings: (position in ids, Embedding) of each
+    textual-inversion embedding used; its n_vectors positions from there hold EMBEDDING_SLOT.
     """
 
     ids: np.ndarray
     weights: np.ndarray
     token_count: int
+    embeddings: tuple = ()
 
     @property
     def n_chunks(self) -> int:
@@ -127,18 +132,33 @@ def _finish_chunk(tokens: list[int], mults: list[float], pad_id: int) -> tuple[l
     return ids, [1.0, *mults, *[1.0] * fill, 1.0]
 
 
+def embedding_index(embeddings: dict, tokenizer: ClipTokenizer) -> dict[int, list]:
+    """{first token id: [(token ids of the name, Embedding), ...] longest first}, A1111's ids_lookup."""
+    index: dict[int, list] = {}
+    for name, emb in embeddings.items():
+        ids = tuple(tokenizer.encode(name))
+        if ids:
+            index.setdefault(ids[0], []).append((ids, emb))
+    for entries in index.values():
+        entries.sort(key=lambda e: -len(e[0]))
+    return index
+
+
 def tokenize_prompt(
     prompt: str,
     tokenizer: ClipTokenizer,
     *,
     emphasis: bool = True,
     comma_backtrack: int = COMMA_BACKTRACK,
+    embeddings: dict | None = None,
 ) -> PromptTokens:
     """A1111's `tokenize_line`: parse emphasis, tokenize each fragment on its own, fill 75-token chunks.
 
     When a chunk is full and a comma lies within the last `comma_backtrack` tokens, the tokens after that comma
     move to the next chunk (A1111's comma_padding_backtrack) so a phrase is not cut in half. BREAK closes the
     current chunk, even an empty one. emphasis=False treats the whole prompt as plain text, weight 1.
+    `embeddings` (from `embedding_index`): where a fragment's tokens spell an embedding's name, its vectors take
+    n_vectors positions with the fragment's weight; one that does not fit in the current chunk starts the next.
     """
     parsed = parse_prompt_attention(prompt) if emphasis else [(prompt, 1.0)]
     for text, weight in parsed:
@@ -148,29 +168,41 @@ def tokenize_prompt(
     comma = tokenizer.vocab[",</w>"]
     pad = tokenizer.pad_id
     encoded = tokenizer.encode_batch([text for text, _ in parsed])
+    lookup = embeddings or {}
 
     ids: list[int] = []
     weights: list[float] = []
+    used: list[tuple] = []
     n_chunks = 0
     token_count = 0
     chunk: list[int] = []
     mults: list[float] = []
+    fixes: list[tuple] = []  # (offset in chunk, Embedding)
     last_comma = -1
 
     def close(is_last: bool = False) -> None:
-        nonlocal chunk, mults, last_comma, n_chunks, token_count
+        nonlocal chunk, mults, fixes, last_comma, n_chunks, token_count
         token_count += len(chunk) if is_last else CHUNK_TOKENS
         done_ids, done_w = _finish_chunk(chunk, mults, pad)
+        used.extend((len(ids) + 1 + offset, emb) for offset, emb in fixes)
         ids.extend(done_ids)
         weights.extend(done_w)
         n_chunks += 1
-        chunk, mults, last_comma = [], [], -1
+        chunk, mults, fixes, last_comma = [], [], [], -1
+
+    def find(toks, pos):
+        for name_ids, emb in lookup.get(toks[pos], ()):
+            if tuple(toks[pos : pos + len(name_ids)]) == name_ids:
+                return emb, len(name_ids)
+        return None, 1
 
     for toks, (text, weight) in zip(encoded, parsed, strict=True):
         if (text, weight) == _BREAK:
             close()
             continue
-        for tok in toks:
+        pos = 0
+        while pos < len(toks):
+            tok = toks[pos]
             if tok == comma:
                 last_comma = len(chunk)
             elif (
@@ -181,17 +213,27 @@ def tokenize_prompt(
             ):
                 cut = last_comma + 1
                 moved, moved_w = chunk[cut:], mults[cut:]
-                chunk, mults = chunk[:cut], mults[:cut]
+                moved_fixes = [(o - cut, e) for o, e in fixes if o >= cut]
+                chunk, mults, fixes = chunk[:cut], mults[:cut], [(o, e) for o, e in fixes if o < cut]
                 close()
-                chunk, mults = moved, moved_w
+                chunk, mults, fixes = moved, moved_w, moved_fixes
             if len(chunk) == CHUNK_TOKENS:
                 close()
-            chunk.append(tok)
-            mults.append(weight)
+            emb, length = find(toks, pos)
+            if emb is None:
+                chunk.append(tok)
+                mults.append(weight)
+            else:
+                if len(chunk) + emb.n_vectors > CHUNK_TOKENS:
+                    close()
+                fixes.append((len(chunk), emb))
+                chunk.extend([EMBEDDING_SLOT] * emb.n_vectors)
+                mults.extend([weight] * emb.n_vectors)
+            pos += length
 
     if chunk or n_chunks == 0:
         close(is_last=True)
-    return PromptTokens(np.asarray(ids, np.int32), np.asarray(weights, np.float32), token_count)
+    return PromptTokens(np.asarray(ids, np.int32), np.asarray(weights, np.float32), token_count, tuple(used))
 
 
 def pad_chunks(tokens: PromptTokens, n_chunks: int, pad_id: int) -> PromptTokens:
@@ -204,6 +246,7 @@ def pad_chunks(tokens: PromptTokens, n_chunks: int, pad_id: int) -> PromptTokens
         np.concatenate([tokens.ids, np.tile(np.asarray(empty_ids, np.int32), missing)]),
         np.concatenate([tokens.weights, np.tile(np.asarray(empty_w, np.float32), missing)]),
         tokens.token_count,
+        tokens.embeddings,
     )
 
 

@@ -9,6 +9,7 @@
 #include <ggml.h>
 
 #include "models/graph_model.hpp"
+#include "ops/ops.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
@@ -25,8 +26,8 @@ struct ClipConfig {
     int n_layers = 0;
     int n_heads = 0;
     ClipActivation act = ClipActivation::QuickGelu;
-    float eps = 1e-5f;
-    bool flash_attn = false;  // ggml_flash_attn_ext instead of softmax(QK^T)V
+    float eps = 1e-5f;  // every LayerNorm
+    ops::Options ops;  // kernel options (no convs: max_im2col_bytes is unused)
 };
 
 struct ClipRequest {
@@ -58,12 +59,7 @@ public:
     const ClipConfig& config() const { return config_; }
 
 private:
-    ggml_tensor* w(const std::string& leaf) const { return runner_.weight(prefix_ + leaf); }
-    ggml_tensor* linear(ggml_tensor* x, const std::string& name, bool bias = true);
-    ggml_tensor* layer_norm(ggml_tensor* x, const std::string& name);
-    ggml_tensor* attention(ggml_tensor* x, const std::string& name, ggml_tensor* mask, int64_t n_tokens,
-                           int64_t batch);
-    ggml_tensor* encoder_layer(ggml_tensor* x, int layer, ggml_tensor* mask, int64_t n_tokens, int64_t batch);
+    ggml_tensor* encoder_layer(const ops::Graph& g, ggml_tensor* x, int layer) const;
 
     std::string prefix_;
     ClipConfig config_;

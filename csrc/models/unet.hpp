@@ -3,28 +3,26 @@
 // (attention heads, norm groups, the size of SDXL's time-id embedding) comes from UnetConfig.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "models/nchw.hpp"
 #include "models/graph_model.hpp"
+#include "ops/ops.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
 namespace sdcpp {
 
 struct UnetConfig {
-    std::vector<int> heads;             // attention heads per down block; up blocks mirror it, mid takes the last
+    std::vector<int> heads;           // attention heads per down block; up blocks mirror it, mid takes the last
     int groups = 32;                    // norm_num_groups
     float resnet_eps = 1e-5f;           // norm_eps (resnets, conv_norm_out)
     float transformer_gn_eps = 1e-6f;   // GroupNorm in front of each Transformer2DModel
     float layer_norm_eps = 1e-5f;       // LayerNorms inside BasicTransformerBlock
     int addition_time_embed_dim = 256;  // SDXL: sinusoidal width of each time id
-    bool flash_attn = false;
-    size_t max_im2col_bytes = size_t(256) << 20;  // larger convs run in bands of output rows (0: never)
-    int64_t f32_matmul_min_cols = -1;             // blocks::Graph::f32_matmul_min_cols; < 0: backend default
+    ops::Options ops;                   // kernel options
 };
 
 // Optional SDXL conditioning: pooled text embeds [N, P] and time ids [N, K] (6 for base, 5 for refiner).

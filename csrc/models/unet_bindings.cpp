@@ -53,16 +53,14 @@ Nchw predict(Unet& unet, const FloatArray& latents, const FloatArray& timesteps,
 void register_unet(py::module_& m) {
     py::class_<Unet> cls(m, "UNet", "UNet2DConditionModel graph over the unet.* weights of a WeightStore.");
     cls.def(py::init([](WeightStore& store, const std::vector<int>& heads, int groups, float norm_eps,
-                         int addition_time_embed_dim, bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols,
-                         int n_threads) {
+                         int addition_time_embed_dim, bool flash_attn, double max_im2col_mib,
+                         int64_t f32_matmul_min_cols, int n_threads) {
                  UnetConfig cfg;
                  cfg.heads = heads;
                  cfg.groups = groups;
                  cfg.resnet_eps = norm_eps;
                  cfg.addition_time_embed_dim = addition_time_embed_dim;
-                 cfg.flash_attn = flash_attn;
-                 cfg.max_im2col_bytes = mib_to_bytes(max_im2col_mib);
-                 cfg.f32_matmul_min_cols = f32_matmul_min_cols;
+                 cfg.ops = kernel_options(flash_attn, max_im2col_mib, f32_matmul_min_cols);
                  return new Unet(store, cfg, n_threads);
              }),
              py::arg("store"), py::arg("heads"), py::arg("groups") = 32, py::arg("norm_eps") = 1e-5f,

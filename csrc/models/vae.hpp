@@ -8,19 +8,18 @@
 
 #include "models/nchw.hpp"
 #include "models/graph_model.hpp"
+#include "ops/ops.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
 namespace sdcpp {
 
 struct VaeConfig {
-    int groups = 32;       // norm_num_groups
-    float eps = 1e-6f;     // diffusers' Encoder/Decoder use 1e-6 everywhere
-    bool flash_attn = false;
-    // Larger convs run in bands of output rows (0: never). Measured on an SD VAE decode at 256x256: bands of
-    // 8-32 MiB were 24% faster than whole convs (cache-sized columns) and cut the compute buffer by a third.
-    size_t max_im2col_bytes = size_t(32) << 20;
-    int64_t f32_matmul_min_cols = -1;  // blocks::Graph::f32_matmul_min_cols; < 0: backend default
+    int groups = 32;    // norm_num_groups
+    float eps = 1e-6f;  // diffusers' Encoder/Decoder use 1e-6 everywhere
+    // Kernel options. Bands (max_im2col_bytes), measured on an SD VAE decode at 256x256: bands of 8-32 MiB were
+    // 24% faster than whole convs (cache-sized columns) and cut the compute buffer by a third.
+    ops::Options ops;
 };
 
 class Vae : public GraphModel {

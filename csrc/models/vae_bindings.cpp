@@ -16,9 +16,7 @@ void register_vae(py::module_& m) {
                          int64_t f32_matmul_min_cols, int n_threads) {
                  VaeConfig cfg;
                  cfg.groups = groups;
-                 cfg.flash_attn = flash_attn;
-                 cfg.max_im2col_bytes = mib_to_bytes(max_im2col_mib);
-                 cfg.f32_matmul_min_cols = f32_matmul_min_cols;
+                 cfg.ops = kernel_options(flash_attn, max_im2col_mib, f32_matmul_min_cols);
                  return new Vae(store, cfg, n_threads);
              }),
              py::arg("store"), py::arg("groups") = 32, py::arg("flash_attn") = false,

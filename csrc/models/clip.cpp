@@ -64,6 +64,9 @@ ClipTextModel::ClipTextModel(WeightStore& weights, std::string prefix, const Cli
     if (!(config_.eps > 0.0f)) {
         throw std::invalid_argument("ClipTextModel: eps must be > 0");
     }
+    if (config_.act == ClipActivation::Unset) {
+        throw std::invalid_argument("ClipTextModel: no activation given");
+    }
     const int64_t C = hidden_;
     for (int i = 0; i < config_.n_layers; ++i) {
         const std::string l = "text_model.encoder.layers." + std::to_string(i) + ".";

@@ -16,17 +16,20 @@
 namespace sdcpp {
 
 enum class ClipActivation {
+    Unset,      // refused by the model: Python always names one
     QuickGelu,  // OpenAI CLIP: x * sigmoid(1.702 x)
     Gelu,       // OpenCLIP: transformers' "gelu", the exact erf form
 };
 
 ClipActivation clip_activation_from_name(const std::string& name);
 
+// Every value comes from Python (sdcpp.config.model_config.TextEncoderConfig, defaults in sdcpp/config/families.py);
+// the zeros here are no defaults: the constructor refuses them.
 struct ClipConfig {
     int n_layers = 0;
     int n_heads = 0;
-    ClipActivation act = ClipActivation::QuickGelu;
-    float eps = 1e-5f;  // every LayerNorm
+    ClipActivation act = ClipActivation::Unset;
+    float eps = 0.0f;  // every LayerNorm
     ops::Options ops;  // kernel options (no convs: max_im2col_bytes is unused)
 };
 
@@ -46,7 +49,7 @@ class ClipTextModel : public GraphModel {
 public:
     // `prefix`: component prefix of the canonical names, e.g. "text_encoder." (weights under
     // prefix + "text_model." and prefix + "text_projection.weight"). Shapes are checked here.
-    ClipTextModel(WeightStore& weights, std::string prefix, const ClipConfig& config, int n_threads = 0);
+    ClipTextModel(WeightStore& weights, std::string prefix, const ClipConfig& config, int n_threads);
 
     // tokens: int32 [B, T] row-major; eos: B positions in [0, T) (pooling rows). Thread-safe (serialised).
     ClipOutput compute(const int32_t* tokens, int64_t batch, int64_t n_tokens, const int32_t* eos,

@@ -77,9 +77,9 @@ void register_clip(py::module_& m) {
                  cfg.ops = kernel_options(flash_attn, 0.0, f32_matmul_min_cols);
                  return new ClipTextModel(store, prefix, cfg, n_threads);
              }),
-             py::arg("store"), py::arg("prefix"), py::arg("n_layers"), py::arg("n_heads"),
-             py::arg("hidden_act") = "quick_gelu", py::arg("layer_norm_eps") = 1e-5f, py::arg("flash_attn") = false,
-             py::arg("f32_matmul_min_cols") = -1, py::arg("n_threads") = 0,
+             // No defaults: sdcpp.models.clip.TextEncoder passes every value (sdcpp.config holds the model's).
+             py::arg("store"), py::arg("prefix"), py::arg("n_layers"), py::arg("n_heads"), py::arg("hidden_act"),
+             py::arg("layer_norm_eps"), py::arg("flash_attn"), py::arg("f32_matmul_min_cols"), py::arg("n_threads"),
              py::keep_alive<1, 2>())  // the graphs read the store's tensors: keep it alive
         .def("compute", &clip_compute, py::arg("tokens"), py::arg("eos"), py::arg("out_layer"),
              py::arg("apply_final_norm") = true, py::arg("want_pooled") = true,

@@ -133,6 +133,10 @@ ggml_tensor* forward(const Graph& g, const Inputs& in, const UnetConfig& cfg) {
 
 Unet::Unet(WeightStore& weights, const UnetConfig& config, int n_threads)
     : GraphModel(weights, n_threads), weights_(weights), config_(config) {
+    if (config_.groups < 1 || !(config_.resnet_eps > 0.0f) || !(config_.transformer_gn_eps > 0.0f) ||
+        !(config_.layer_norm_eps > 0.0f)) {
+        throw std::invalid_argument("UNet: groups and every norm eps must be > 0 (sdcpp.config passes them)");
+    }
     const std::string conv_in = "unet.conv_in.weight";
     if (!weights_.contains(conv_in)) {
         throw std::invalid_argument("UNet weight '" + conv_in + "' is missing");
@@ -158,6 +162,9 @@ Unet::Unet(WeightStore& weights, const UnetConfig& config, int n_threads)
     }
     if (weights_.contains("unet.add_embedding.linear_1.weight")) {
         adm_in_channels_ = weights_.ne("unet.add_embedding.linear_1.weight")[0];
+        if (config_.addition_time_embed_dim < 1) {
+            throw std::invalid_argument("UNet: this UNet has add_embedding and needs addition_time_embed_dim > 0");
+        }
     }
 }
 

@@ -83,6 +83,9 @@ ggml_tensor* encoder(const Graph& g, ggml_tensor* x, const VaeConfig& cfg) {
 
 Vae::Vae(WeightStore& weights, const VaeConfig& config, int n_threads)
     : GraphModel(weights, n_threads), weights_(weights), config_(config) {
+    if (config_.groups < 1 || !(config_.eps > 0.0f)) {
+        throw std::invalid_argument("VAE: groups and eps must be > 0 (sdcpp.config passes them)");
+    }
     for (const char* name : {"vae.decoder.conv_in.weight", "vae.encoder.conv_in.weight"}) {
         if (!weights_.contains(name)) {
             throw std::invalid_argument(std::string("VAE weight '") + name + "' is missing");

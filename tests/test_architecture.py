@@ -119,3 +119,70 @@ def test_contradicting_shapes_are_refused_at_load(fixtures_dir, tmp_path, case, 
     report = sdcpp.inspect(folder)  # inspection still works, and says what cannot run
     assert set(report.plan.config.problems) == {owner}
     assert f"{owner} CANNOT RUN" in str(report) and report.to_dict()["problems"][owner]
+
+
+def test_every_model_value_reaches_the_graphs_from_the_config(fixtures_dir):
+    """The graph bindings have no defaults: each wrapper passes every value of its sdcpp.config entry
+    (config/families.py holds the defaults), the C++ side refuses the zeros of a value nobody set, and each value
+    reaches its graph (the same values rebuild the wrapper's result bit for bit, a changed one moves it)."""
+    from sdcpp._native import core
+    from sdcpp.models.clip import TextEncoder
+    from sdcpp.models.unet import UNet
+    from sdcpp.models.vae import VAE
+
+    w = sdcpp.load_weights(fixtures_dir / "sdxl" / "diffusers", progress=False)
+    u, v, t = w.config.unet, w.config.vae, w.config.text_encoders["text_encoder"]
+    assert (u.groups, u.norm_eps, u.transformer_group_norm_eps, u.transformer_layer_norm_eps) == (32, 1e-5, 1e-6, 1e-5)
+    assert (v.groups, v.norm_eps, t.layer_norm_eps) == (32, 1e-6, 1e-5)
+    kernels = dict(flash_attn=False, max_im2col_mib=0.0, f32_matmul_min_cols=0, n_threads=1)
+    c = core()
+    with pytest.raises(TypeError):
+        c.UNet(w._store, list(u.heads))
+    with pytest.raises(TypeError):
+        c.VAE(w._store)
+    with pytest.raises(TypeError):
+        c.ClipTextModel(w._store, "text_encoder.", t.arch.n_layers, t.heads)
+    with pytest.raises(TypeError):  # kernel options too: the wrappers document their defaults
+        c.VAE(w._store, groups=v.groups, norm_eps=v.norm_eps)
+
+    rng = np.random.default_rng(0)
+    pooled = u.arch.adm_in_channels - u.n_time_ids * u.addition_time_embed_dim
+    inputs = dict(latents=rng.standard_normal((1, 4, 8, 8)).astype(np.float32), timesteps=np.array([500.0], np.float32),
+                  context=rng.standard_normal((1, 7, u.arch.context_dim)).astype(np.float32),
+                  text_embeds=rng.standard_normal((1, pooled)).astype(np.float32),
+                  time_ids=rng.uniform(0, 64, (1, u.n_time_ids)).astype(np.float32))
+    unet_values = dict(groups=u.groups, norm_eps=u.norm_eps, transformer_group_norm_eps=u.transformer_group_norm_eps,
+                       transformer_layer_norm_eps=u.transformer_layer_norm_eps,
+                       addition_time_embed_dim=u.addition_time_embed_dim)
+
+    def unet(**changed):
+        return c.UNet(w._store, list(u.heads), **{**unet_values, **changed}, **kernels).predict(**inputs)
+
+    want = UNet(w, flash_attn=False, f32_matmul_min_cols=0, n_threads=1).predict(**inputs)
+    assert np.array_equal(unet(), want)
+    for eps in ("norm_eps", "transformer_group_norm_eps", "transformer_layer_norm_eps"):
+        assert not np.array_equal(unet(**{eps: 10 * unet_values[eps]}), want), eps
+        with pytest.raises(ValueError, match="eps"):
+            unet(**{eps: 0.0})
+    with pytest.raises(ValueError, match="addition_time_embed_dim"):
+        unet(addition_time_embed_dim=0)
+
+    latents = inputs["latents"][:, :, :4, :4]
+    want = VAE(w, flash_attn=False, f32_matmul_min_cols=0, n_threads=1).decode(latents)
+    assert np.array_equal(c.VAE(w._store, groups=v.groups, norm_eps=v.norm_eps, **kernels).decode(latents), want)
+    assert not np.array_equal(c.VAE(w._store, groups=v.groups, norm_eps=1e-5, **kernels).decode(latents), want)
+    with pytest.raises(ValueError, match="eps"):
+        c.VAE(w._store, groups=v.groups, norm_eps=0.0, **kernels)
+
+    ids = rng.integers(0, t.arch.vocab_size, (1, 77)).astype(np.int32)
+    eos = np.array([76], np.int32)
+    want = TextEncoder(w, f32_matmul_min_cols=0, n_threads=1).encode(ids, eos=eos)["hidden"]
+
+    def clip(eps, act=t.activation):
+        return c.ClipTextModel(w._store, "text_encoder.", n_layers=t.arch.n_layers, n_heads=t.heads, hidden_act=act,
+                               layer_norm_eps=eps, flash_attn=False, f32_matmul_min_cols=0, n_threads=1)
+
+    assert np.array_equal(clip(t.layer_norm_eps).compute(ids, eos, t.arch.n_layers)["hidden"], want)
+    assert not np.array_equal(clip(10 * t.layer_norm_eps).compute(ids, eos, t.arch.n_layers)["hidden"], want)
+    with pytest.raises(ValueError, match="eps"):
+        clip(0.0)

@@ -7,13 +7,14 @@ weight read; batching; bit-identical results from every fixture form.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
 import pytest
 
 import sdcpp
-from parity import with_ggml_activation_rounding
+from parity import ggml_kernels_only, with_ggml_activation_rounding
 from sdcpp.errors import UnsupportedModelError
 from sdcpp.models.clip import TextEncoder
 
@@ -166,6 +167,27 @@ def test_quantized_parity(cache, family, component, te_type):
     for k, (e_emu, e_deq, _) in errors.items():
         assert e_emu <= 1e-2, (k, e_emu)  # graph error (measured <= 3.1e-3: an occasional rounding tie flips)
         assert e_deq <= 2.5e-2, (k, e_deq)  # plus ggml's activation rounding (measured 1.0e-2 .. 1.5e-2)
+
+
+@pytest.mark.parametrize("products", ["openblas", "ggml"])
+@pytest.mark.parametrize("te_type", ("f16", "q8_0", "q4_K"))
+@pytest.mark.parametrize("family,component", MODELS[:4])
+def test_f32_products(cache, family, component, te_type, products):
+    """f32_matmul_min_cols=1: every weight is converted to f32 before its product (then OpenBLAS's sgemm when
+    loaded) and no activation is rounded, so the graph is held to the f32 bound against the reference on the same
+    dequantized weights (measured 1.8e-7 .. 5.1e-7). The default (the CPU's 256 columns) takes this path from 4 rows
+    of 77 tokens on."""
+    w = cache.weights(family, te_type)
+    te = TextEncoder(w, component, f32_matmul_min_cols=1, n_threads=1)
+    ids = _tokens(te.vocab_size)
+    with contextlib.nullcontext() if products == "openblas" else ggml_kernels_only():
+        ours = _ours(te, ids)
+        four = np.concatenate([ids, ids])
+        wide = TextEncoder(w, component, n_threads=1).encode(four, pooled=False)["hidden"]
+        assert np.array_equal(wide, te.encode(four, pooled=False)["hidden"])
+    deq = _reference_outputs(cache.dequantized_reference(family, component, w), ids)
+    for k in deq:
+        assert _rel(ours[k], deq[k]) <= F32_MAX_ERR, (k, _rel(ours[k], deq[k]))
 
 
 @pytest.mark.parametrize("family,component", MODELS)

@@ -1,17 +1,11 @@
 #include "models/clip.hpp"
 
-#include <cmath>
-#include <cstring>
-#include <limits>
 #include <stdexcept>
 #include <utility>
 
 namespace sdcpp {
 
 namespace {
-
-// Quick GELU's constant (OpenAI CLIP): x * sigmoid(1.702 x).
-constexpr float kQuickGeluCoef = 1.702f;
 
 std::string shape_str(const std::vector<int64_t>& ne) {
     std::string s = "[";
@@ -70,6 +64,9 @@ ClipTextModel::ClipTextModel(WeightStore& weights, std::string prefix, const Cli
     if (!(config_.eps > 0.0f)) {
         throw std::invalid_argument("ClipTextModel: eps must be > 0");
     }
+    if (config_.act == ClipActivation::Unset) {
+        throw std::invalid_argument("ClipTextModel: no activation given");
+    }
     const int64_t C = hidden_;
     for (int i = 0; i < config_.n_layers; ++i) {
         const std::string l = "text_model.encoder.layers." + std::to_string(i) + ".";
@@ -102,61 +99,20 @@ ClipTextModel::ClipTextModel(WeightStore& weights, std::string prefix, const Cli
     }
 }
 
-ggml_tensor* ClipTextModel::linear(ggml_tensor* x, const std::string& name, bool bias) {
-    // Weight as src0: ggml_mul_mat handles every stored type (f32/f16/bf16/quantized) that way.
-    ggml_tensor* y = ggml_mul_mat(runner_.ctx(), w(name + ".weight"), x);
-    return bias ? ggml_add(runner_.ctx(), y, w(name + ".bias")) : y;
-}
+// One CLIPEncoderLayer: x + self_attn(layer_norm1(x)) (causal), then x + mlp(layer_norm2(x)).
+ggml_tensor* ClipTextModel::encoder_layer(const ops::Graph& g, ggml_tensor* x, int layer) const {
+    const std::string l = prefix_ + "text_model.encoder.layers." + std::to_string(layer) + ".";
+    const std::string a = l + "self_attn.";
+    ggml_tensor* h = ops::layer_norm(g, x, l + "layer_norm1", config_.eps);
+    ggml_tensor* q = ops::linear(g, h, a + "q_proj");
+    ggml_tensor* k = ops::linear(g, h, a + "k_proj");
+    ggml_tensor* v = ops::linear(g, h, a + "v_proj");
+    h = ops::attention(g, q, k, v, config_.n_heads, ops::Mask::Causal);
+    x = ggml_add(g.ctx, x, ops::linear(g, h, a + "out_proj"));
 
-ggml_tensor* ClipTextModel::layer_norm(ggml_tensor* x, const std::string& name) {
-    ggml_context* ctx = runner_.ctx();
-    x = ggml_norm(ctx, x, config_.eps);
-    return ggml_add(ctx, ggml_mul(ctx, x, w(name + ".weight")), w(name + ".bias"));
-}
-
-ggml_tensor* ClipTextModel::attention(ggml_tensor* x, const std::string& name, ggml_tensor* mask, int64_t T,
-                                      int64_t B) {
-    ggml_context* ctx = runner_.ctx();
-    const int64_t C = hidden_;
-    const int64_t H = config_.n_heads;
-    const int64_t D = C / H;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-
-    // [C, T, B] -> [D, H, T, B] -> [D, T, H, B]: one (T x D) matrix per head and batch item.
-    auto heads = [&](ggml_tensor* t) { return ggml_permute(ctx, ggml_reshape_4d(ctx, t, D, H, T, B), 0, 2, 1, 3); };
-    ggml_tensor* q = heads(linear(x, name + ".q_proj"));
-    ggml_tensor* k = heads(linear(x, name + ".k_proj"));
-    ggml_tensor* v_proj = linear(x, name + ".v_proj");
-
-    ggml_tensor* out;
-    if (config_.flash_attn) {
-        ggml_tensor* v = heads(v_proj);
-        out = ggml_flash_attn_ext(ctx, q, k, v, mask, scale, 0.0f, 0.0f);  // [D, H, T, B]
-        ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
-    } else {
-        ggml_tensor* kq = ggml_mul_mat(ctx, k, q);                     // [T_k, T_q, H, B]
-        kq = ggml_soft_max_ext(ctx, kq, mask, scale, 0.0f);            // causal mask added after scaling
-        ggml_tensor* vt = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, v_proj, D, H, T, B), 1, 2, 0, 3));
-        ggml_tensor* kqv = ggml_mul_mat(ctx, vt, kq);                  // [D, T_q, H, B]
-        out = ggml_cont(ctx, ggml_permute(ctx, kqv, 0, 2, 1, 3));      // [D, H, T, B]
-    }
-    return linear(ggml_reshape_3d(ctx, out, C, T, B), name + ".out_proj");
-}
-
-ggml_tensor* ClipTextModel::encoder_layer(ggml_tensor* x, int layer, ggml_tensor* mask, int64_t T, int64_t B) {
-    ggml_context* ctx = runner_.ctx();
-    const std::string l = "text_model.encoder.layers." + std::to_string(layer) + ".";
-    x = ggml_add(ctx, x, attention(layer_norm(x, l + "layer_norm1"), l + "self_attn", mask, T, B));
-
-    ggml_tensor* h = linear(layer_norm(x, l + "layer_norm2"), l + "mlp.fc1");
-    if (config_.act == ClipActivation::Gelu) {
-        h = ggml_gelu_erf(ctx, h);
-    } else {
-        // Not ggml_gelu_quick: its CPU kernel reads an f16 lookup table (~1e-3 relative error),
-        // sigmoid keeps the activation in f32.
-        h = ggml_mul(ctx, h, ggml_sigmoid(ctx, ggml_scale(ctx, h, kQuickGeluCoef)));
-    }
-    return ggml_add(ctx, x, linear(h, l + "mlp.fc2"));
+    h = ops::linear(g, ops::layer_norm(g, x, l + "layer_norm2", config_.eps), l + "mlp.fc1");
+    h = config_.act == ClipActivation::Gelu ? ops::gelu(g, h) : ops::quick_gelu(g, h);
+    return ggml_add(g.ctx, x, ops::linear(g, h, l + "mlp.fc2"));
 }
 
 ClipOutput ClipTextModel::compute(const int32_t* tokens, int64_t B, int64_t T, const int32_t* eos,
@@ -193,7 +149,8 @@ ClipOutput ClipTextModel::compute(const int32_t* tokens, int64_t B, int64_t T, c
     std::lock_guard<std::mutex> lock(mutex_);
     const int64_t C = hidden_;
     const int n_run = req.want_pooled ? L : req.out_layer;  // layers past the requested outputs are skipped
-    ggml_context* ctx = runner_.begin(512 + 128 * static_cast<size_t>(n_run));
+    const ops::Graph g = ops::Graph::begin(runner_, config_.ops, 512 + 128 * static_cast<size_t>(n_run));
+    ggml_context* ctx = g.ctx;
 
     std::vector<int32_t> positions(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) {
@@ -202,41 +159,22 @@ ClipOutput ClipTextModel::compute(const int32_t* tokens, int64_t B, int64_t T, c
     ggml_tensor* ids = runner_.input(GGML_TYPE_I32, {T * B}, tokens, sizeof(int32_t) * T * B);
     ggml_tensor* pos = runner_.input(GGML_TYPE_I32, {T}, positions.data(), sizeof(int32_t) * T);
 
-    // Causal mask, added to the scaled scores: row q sees keys 0..q. flash_attn_ext wants it in f16.
-    const float neg_inf = -std::numeric_limits<float>::infinity();
-    ggml_tensor* mask;
-    if (config_.flash_attn) {
-        std::vector<ggml_fp16_t> m(static_cast<size_t>(T * T));
-        for (int64_t qi = 0; qi < T; ++qi) {
-            for (int64_t ki = 0; ki < T; ++ki) {
-                m[qi * T + ki] = ggml_fp32_to_fp16(ki <= qi ? 0.0f : neg_inf);
-            }
-        }
-        mask = runner_.input(GGML_TYPE_F16, {T, T}, m.data(), m.size() * sizeof(ggml_fp16_t));
-    } else {
-        std::vector<float> m(static_cast<size_t>(T * T));
-        for (int64_t qi = 0; qi < T; ++qi) {
-            for (int64_t ki = 0; ki < T; ++ki) {
-                m[qi * T + ki] = ki <= qi ? 0.0f : neg_inf;
-            }
-        }
-        mask = runner_.input(GGML_TYPE_F32, {T, T}, m.data(), m.size() * sizeof(float));
-    }
-
     // get_rows dequantizes any stored type (and f16 position tables) to f32.
-    ggml_tensor* x = ggml_get_rows(ctx, w("text_model.embeddings.token_embedding.weight"), ids);  // [C, T*B]
+    const std::string emb = prefix_ + "text_model.embeddings.";
+    ggml_tensor* x = ggml_get_rows(ctx, g.w(emb + "token_embedding.weight"), ids);  // [C, T*B]
     x = ggml_reshape_3d(ctx, x, C, T, B);
-    x = ggml_add(ctx, x, ggml_get_rows(ctx, w("text_model.embeddings.position_embedding.weight"), pos));
+    x = ggml_add(ctx, x, ggml_get_rows(ctx, g.w(emb + "position_embedding.weight"), pos));
 
     ggml_tensor* hidden = req.out_layer == 0 ? x : nullptr;
     for (int i = 0; i < n_run; ++i) {
-        x = encoder_layer(x, i, mask, T, B);
+        x = encoder_layer(g, x, i);
         if (i + 1 == req.out_layer) {
             hidden = x;
         }
     }
+    const std::string final_norm = prefix_ + "text_model.final_layer_norm";
     if (req.final_norm) {
-        hidden = layer_norm(hidden, "text_model.final_layer_norm");
+        hidden = ops::layer_norm(g, hidden, final_norm, config_.eps);
     }
     std::vector<ggml_tensor*> outputs{hidden};
 
@@ -246,10 +184,10 @@ ClipOutput ClipTextModel::compute(const int32_t* tokens, int64_t B, int64_t T, c
         // LayerNorm is per token, so norming only the gathered EOS rows equals pooling the normed states.
         ggml_tensor* rows = runner_.input(GGML_TYPE_I32, {B}, eos_rows.data(), sizeof(int32_t) * B);
         pooled = ggml_get_rows(ctx, ggml_reshape_2d(ctx, x, C, T * B), rows);  // [C, B]
-        pooled = layer_norm(pooled, "text_model.final_layer_norm");
+        pooled = ops::layer_norm(g, pooled, final_norm, config_.eps);
         outputs.push_back(pooled);
         if (proj_dim_ > 0) {
-            embeds = linear(pooled, "text_projection", false);  // [P, B]
+            embeds = ops::linear(g, pooled, prefix_ + "text_projection");  // [P, B], no bias
             outputs.push_back(embeds);
         }
     }

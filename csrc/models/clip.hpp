@@ -9,24 +9,28 @@
 #include <ggml.h>
 
 #include "models/graph_model.hpp"
+#include "ops/ops.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
 namespace sdcpp {
 
 enum class ClipActivation {
+    Unset,      // refused by the model: Python always names one
     QuickGelu,  // OpenAI CLIP: x * sigmoid(1.702 x)
     Gelu,       // OpenCLIP: transformers' "gelu", the exact erf form
 };
 
 ClipActivation clip_activation_from_name(const std::string& name);
 
+// Every value comes from Python (sdcpp.config.model_config.TextEncoderConfig, defaults in sdcpp/config/families.py);
+// the zeros here are no defaults: the constructor refuses them.
 struct ClipConfig {
     int n_layers = 0;
     int n_heads = 0;
-    ClipActivation act = ClipActivation::QuickGelu;
-    float eps = 1e-5f;
-    bool flash_attn = false;  // ggml_flash_attn_ext instead of softmax(QK^T)V
+    ClipActivation act = ClipActivation::Unset;
+    float eps = 0.0f;  // every LayerNorm
+    ops::Options ops;  // kernel options (no convs: max_im2col_bytes is unused)
 };
 
 struct ClipRequest {
@@ -45,7 +49,7 @@ class ClipTextModel : public GraphModel {
 public:
     // `prefix`: component prefix of the canonical names, e.g. "text_encoder." (weights under
     // prefix + "text_model." and prefix + "text_projection.weight"). Shapes are checked here.
-    ClipTextModel(WeightStore& weights, std::string prefix, const ClipConfig& config, int n_threads = 0);
+    ClipTextModel(WeightStore& weights, std::string prefix, const ClipConfig& config, int n_threads);
 
     // tokens: int32 [B, T] row-major; eos: B positions in [0, T) (pooling rows). Thread-safe (serialised).
     ClipOutput compute(const int32_t* tokens, int64_t batch, int64_t n_tokens, const int32_t* eos,
@@ -58,12 +62,7 @@ public:
     const ClipConfig& config() const { return config_; }
 
 private:
-    ggml_tensor* w(const std::string& leaf) const { return runner_.weight(prefix_ + leaf); }
-    ggml_tensor* linear(ggml_tensor* x, const std::string& name, bool bias = true);
-    ggml_tensor* layer_norm(ggml_tensor* x, const std::string& name);
-    ggml_tensor* attention(ggml_tensor* x, const std::string& name, ggml_tensor* mask, int64_t n_tokens,
-                           int64_t batch);
-    ggml_tensor* encoder_layer(ggml_tensor* x, int layer, ggml_tensor* mask, int64_t n_tokens, int64_t batch);
+    ggml_tensor* encoder_layer(const ops::Graph& g, ggml_tensor* x, int layer) const;
 
     std::string prefix_;
     ClipConfig config_;

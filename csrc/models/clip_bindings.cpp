@@ -67,18 +67,19 @@ void register_clip(py::module_& m) {
     py::class_<ClipTextModel> cls(m, "ClipTextModel",
                                   "CLIP text transformer over the weights `prefix`text_model.* of a WeightStore.");
     cls.def(py::init([](WeightStore& store, const std::string& prefix, int n_layers, int n_heads,
-                         const std::string& hidden_act, float eps, bool flash_attn, int n_threads) {
+                         const std::string& hidden_act, float layer_norm_eps, bool flash_attn,
+                         int64_t f32_matmul_min_cols, int n_threads) {
                  ClipConfig cfg;
                  cfg.n_layers = n_layers;
                  cfg.n_heads = n_heads;
                  cfg.act = clip_activation_from_name(hidden_act);
-                 cfg.eps = eps;
-                 cfg.flash_attn = flash_attn;
+                 cfg.eps = layer_norm_eps;
+                 cfg.ops = kernel_options(flash_attn, 0.0, f32_matmul_min_cols);
                  return new ClipTextModel(store, prefix, cfg, n_threads);
              }),
-             py::arg("store"), py::arg("prefix"), py::arg("n_layers"), py::arg("n_heads"),
-             py::arg("hidden_act") = "quick_gelu", py::arg("eps") = 1e-5f, py::arg("flash_attn") = false,
-             py::arg("n_threads") = 0,
+             // No defaults: sdcpp.models.clip.TextEncoder passes every value (sdcpp.config holds the model's).
+             py::arg("store"), py::arg("prefix"), py::arg("n_layers"), py::arg("n_heads"), py::arg("hidden_act"),
+             py::arg("layer_norm_eps"), py::arg("flash_attn"), py::arg("f32_matmul_min_cols"), py::arg("n_threads"),
              py::keep_alive<1, 2>())  // the graphs read the store's tensors: keep it alive
         .def("compute", &clip_compute, py::arg("tokens"), py::arg("eos"), py::arg("out_layer"),
              py::arg("apply_final_norm") = true, py::arg("want_pooled") = true,
@@ -90,7 +91,7 @@ void register_clip(py::module_& m) {
         .def_property_readonly("projection_dim", &ClipTextModel::projection_dim)
         .def_property_readonly("n_layers", [](const ClipTextModel& c) { return c.config().n_layers; })
         .def_property_readonly("n_heads", [](const ClipTextModel& c) { return c.config().n_heads; })
-        .def_property_readonly("flash_attn", [](const ClipTextModel& c) { return c.config().flash_attn; });
+        .def_property_readonly("flash_attn", [](const ClipTextModel& c) { return c.config().ops.flash_attn; });
     bind_introspection(cls);
 }
 

@@ -139,6 +139,17 @@ void run_pass(GraphModel& model, const std::function<void()>& work) {
     }
 }
 
+ops::Options kernel_options(bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols) {
+    if (!(max_im2col_mib >= 0.0)) {
+        throw py::value_error("a memory budget in MiB must be >= 0");
+    }
+    ops::Options opt;
+    opt.flash_attn = flash_attn;
+    opt.max_im2col_bytes = static_cast<size_t>(max_im2col_mib * 1048576.0);
+    opt.f32_matmul_min_cols = f32_matmul_min_cols;
+    return opt;
+}
+
 void register_cancel_token(py::module_& m) {
     py::class_<CancelToken, std::shared_ptr<CancelToken>>(
         m, "CancelToken",

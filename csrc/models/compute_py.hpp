@@ -2,11 +2,13 @@
 // signal handlers still running (Ctrl-C) while the pass computes.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 
 #include <pybind11/pybind11.h>
 
 #include "models/graph_model.hpp"
+#include "ops/ops.hpp"
 
 namespace sdcpp {
 
@@ -17,6 +19,10 @@ namespace sdcpp {
 // and the handler's exception propagates. Any other thread runs `work` in place. Exceptions of `work` are rethrown
 // here.
 void run_pass(GraphModel& model, const std::function<void()>& work);
+
+// The kernel options every model binding takes, all given by its Python wrapper (which documents their defaults).
+// max_im2col_mib: a memory budget in MiB (0 = unlimited).
+ops::Options kernel_options(bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols);
 
 // sdcpp._core.CancelToken.
 void register_cancel_token(pybind11::module_& m);

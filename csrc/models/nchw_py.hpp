@@ -29,14 +29,6 @@ inline std::vector<int64_t> shape_of(const FloatArray& a, pybind11::ssize_t ndim
     return s;
 }
 
-// A memory budget given in MiB (0 = unlimited) as bytes.
-inline size_t mib_to_bytes(double mib) {
-    if (!(mib >= 0.0)) {
-        throw pybind11::value_error("a memory budget in MiB must be >= 0");
-    }
-    return static_cast<size_t>(mib * 1048576.0);
-}
-
 // Hands the buffer to numpy: the vector moves into a capsule that frees it with the array.
 inline pybind11::array_t<float> to_numpy(Nchw&& t) {
     auto* owned = new std::vector<float>(std::move(t.data));

@@ -2,11 +2,11 @@
 
 #include <stdexcept>
 
-#include "models/blocks.hpp"
+#include "models/modules.hpp"
 
 namespace sdcpp {
 
-using blocks::Graph;
+using ops::Graph;
 
 namespace {
 
@@ -22,21 +22,15 @@ int count(const Graph& g, const std::string& prefix, const char* part, const std
     return n;
 }
 
-// TimestepEmbedding: linear_1, silu, linear_2.
-ggml_tensor* mlp_embedding(const Graph& g, ggml_tensor* x, const std::string& prefix) {
-    x = ggml_silu(g.ctx, blocks::linear(g, x, prefix + ".linear_1"));
-    return blocks::linear(g, x, prefix + ".linear_2");
-}
-
 // BasicTransformerBlock: self-attention, cross-attention over the text context, GEGLU feed-forward.
 ggml_tensor* transformer_block(const Graph& g, ggml_tensor* x, ggml_tensor* context, const std::string& p, int heads,
                                const UnetConfig& cfg) {
-    ggml_tensor* n = blocks::layer_norm(g, x, p + ".norm1", cfg.layer_norm_eps);
-    x = ggml_add(g.ctx, x, blocks::attention(g, n, nullptr, p + ".attn1", heads));
-    n = blocks::layer_norm(g, x, p + ".norm2", cfg.layer_norm_eps);
-    x = ggml_add(g.ctx, x, blocks::attention(g, n, context, p + ".attn2", heads));
-    n = blocks::layer_norm(g, x, p + ".norm3", cfg.layer_norm_eps);
-    return ggml_add(g.ctx, x, blocks::geglu_feed_forward(g, n, p + ".ff"));
+    ggml_tensor* n = ops::layer_norm(g, x, p + ".norm1", cfg.layer_norm_eps);
+    x = ggml_add(g.ctx, x, modules::attention(g, n, nullptr, p + ".attn1", heads));
+    n = ops::layer_norm(g, x, p + ".norm2", cfg.layer_norm_eps);
+    x = ggml_add(g.ctx, x, modules::attention(g, n, context, p + ".attn2", heads));
+    n = ops::layer_norm(g, x, p + ".norm3", cfg.layer_norm_eps);
+    return ggml_add(g.ctx, x, modules::geglu_feed_forward(g, n, p + ".ff"));
 }
 
 // Transformer2DModel. proj_in/proj_out are 1x1 convs in SD1 and linears in SD2/SDXL; both are stored as
@@ -44,14 +38,14 @@ ggml_tensor* transformer_block(const Graph& g, ggml_tensor* x, ggml_tensor* cont
 ggml_tensor* spatial_transformer(const Graph& g, ggml_tensor* x, ggml_tensor* context, const std::string& p,
                                  int heads, const UnetConfig& cfg) {
     const int64_t W = x->ne[0], H = x->ne[1];
-    ggml_tensor* h = blocks::group_norm(g, x, p + ".norm", cfg.groups, cfg.transformer_gn_eps);
-    h = blocks::linear(g, blocks::to_tokens(g.ctx, h), p + ".proj_in");
+    ggml_tensor* h = ops::group_norm(g, x, p + ".norm", cfg.groups, cfg.transformer_gn_eps);
+    h = ops::linear(g, ops::to_tokens(g, h), p + ".proj_in");
     const std::string tb = p + ".transformer_blocks";
     for (int i = 0; g.has(tb + "." + std::to_string(i) + ".norm1.weight"); ++i) {
         h = transformer_block(g, h, context, tb + "." + std::to_string(i), heads, cfg);
     }
-    h = blocks::linear(g, h, p + ".proj_out");
-    return ggml_add(g.ctx, x, blocks::from_tokens(g.ctx, h, W, H));
+    h = ops::linear(g, h, p + ".proj_out");
+    return ggml_add(g.ctx, x, ops::from_tokens(g, h, W, H));
 }
 
 struct Inputs {
@@ -66,25 +60,25 @@ ggml_tensor* forward(const Graph& g, const Inputs& in, const UnetConfig& cfg) {
     const std::string u = "unet";
     const int64_t N = in.x->ne[3];
     const int64_t C0 = g.ne(u + ".time_embedding.linear_1.weight", 0);
-    ggml_tensor* emb = mlp_embedding(g, blocks::timestep_embedding(g.ctx, in.timesteps, static_cast<int>(C0)),
+    ggml_tensor* emb = modules::timestep_mlp(g, modules::timestep_embedding(g, in.timesteps, static_cast<int>(C0)),
                                      u + ".time_embedding");
     if (in.text_embeds != nullptr) {
         // SDXL "text_time": each time id gets its own sinusoidal embedding, concatenated after the pooled text.
-        ggml_tensor* ids = blocks::timestep_embedding(g.ctx, in.time_ids, cfg.addition_time_embed_dim);
+        ggml_tensor* ids = modules::timestep_embedding(g, in.time_ids, cfg.addition_time_embed_dim);
         ids = ggml_reshape_2d(g.ctx, ids, ids->ne[0] * ids->ne[1] / N, N);
         ggml_tensor* adm = ggml_concat(g.ctx, in.text_embeds, ids, 0);
-        emb = ggml_add(g.ctx, emb, mlp_embedding(g, adm, u + ".add_embedding"));
+        emb = ggml_add(g.ctx, emb, modules::timestep_mlp(g, adm, u + ".add_embedding"));
     }
-    ggml_tensor* temb = ggml_silu(g.ctx, emb);  // every resnet applies silu before its time_emb_proj
+    ggml_tensor* temb = ops::silu(g, emb);  // every resnet applies silu before its time_emb_proj
 
     auto resnet = [&](ggml_tensor* h, const std::string& p) {
-        return blocks::resnet(g, h, temb, p, cfg.groups, cfg.resnet_eps);
+        return modules::resnet(g, h, temb, p, cfg.groups, cfg.resnet_eps);
     };
     auto attn = [&](ggml_tensor* h, const std::string& p, int heads) {
         return spatial_transformer(g, h, in.context, p, heads, cfg);
     };
 
-    ggml_tensor* h = blocks::conv2d(g, in.x, u + ".conv_in");
+    ggml_tensor* h = ops::conv2d(g, in.x, u + ".conv_in");
     std::vector<ggml_tensor*> skips{h};
     const int n_down = count(g, u, "down_blocks", ".resnets.0.conv1.weight");
     for (int i = 0; i < n_down; ++i) {
@@ -97,7 +91,7 @@ ggml_tensor* forward(const Graph& g, const Inputs& in, const UnetConfig& cfg) {
             skips.push_back(h);
         }
         if (g.has(b + ".downsamplers.0.conv.weight")) {
-            h = blocks::downsample(g, h, b + ".downsamplers.0", /*asymmetric=*/false);
+            h = modules::downsample(g, h, b + ".downsamplers.0", /*asymmetric=*/false);
             skips.push_back(h);
         }
     }
@@ -128,17 +122,21 @@ ggml_tensor* forward(const Graph& g, const Inputs& in, const UnetConfig& cfg) {
             const ggml_tensor* next = skips.empty() ? nullptr : skips.back();
             const int64_t W = next != nullptr ? next->ne[0] : 2 * h->ne[0];
             const int64_t H = next != nullptr ? next->ne[1] : 2 * h->ne[1];
-            h = blocks::upsample(g, h, b + ".upsamplers.0", W, H);
+            h = modules::upsample(g, h, b + ".upsamplers.0", W, H);
         }
     }
-    h = blocks::group_norm(g, h, u + ".conv_norm_out", cfg.groups, cfg.resnet_eps, true);
-    return blocks::conv2d(g, h, u + ".conv_out");
+    h = ops::group_norm(g, h, u + ".conv_norm_out", cfg.groups, cfg.resnet_eps, true);
+    return ops::conv2d(g, h, u + ".conv_out");
 }
 
 }  // namespace
 
 Unet::Unet(WeightStore& weights, const UnetConfig& config, int n_threads)
     : GraphModel(weights, n_threads), weights_(weights), config_(config) {
+    if (config_.groups < 1 || !(config_.resnet_eps > 0.0f) || !(config_.transformer_gn_eps > 0.0f) ||
+        !(config_.layer_norm_eps > 0.0f)) {
+        throw std::invalid_argument("UNet: groups and every norm eps must be > 0 (sdcpp.config passes them)");
+    }
     const std::string conv_in = "unet.conv_in.weight";
     if (!weights_.contains(conv_in)) {
         throw std::invalid_argument("UNet weight '" + conv_in + "' is missing");
@@ -164,6 +162,9 @@ Unet::Unet(WeightStore& weights, const UnetConfig& config, int n_threads)
     }
     if (weights_.contains("unet.add_embedding.linear_1.weight")) {
         adm_in_channels_ = weights_.ne("unet.add_embedding.linear_1.weight")[0];
+        if (config_.addition_time_embed_dim < 1) {
+            throw std::invalid_argument("UNet: this UNet has add_embedding and needs addition_time_embed_dim > 0");
+        }
     }
 }
 
@@ -195,7 +196,7 @@ Nchw Unet::predict(const float* latents, int64_t n, int64_t c, int64_t h, int64_
     }
 
     std::lock_guard<std::mutex> lock(mutex_);
-    Graph g = Graph::begin(runner_, config_.flash_attn, config_.max_im2col_bytes, config_.f32_matmul_min_cols);
+    Graph g = Graph::begin(runner_, config_.ops);
     Inputs in{};
     in.x = runner_.input(GGML_TYPE_F32, {w, h, c, n}, latents, sizeof(float) * n * c * h * w);
     in.timesteps = runner_.input(GGML_TYPE_F32, {n}, timesteps, sizeof(float) * n);

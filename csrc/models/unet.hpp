@@ -1,30 +1,30 @@
 // UNet2DConditionModel (diffusers) forward graph for SD1, SD2, SDXL (base, refiner) and inpainting UNets.
 // Depths, widths and block kinds come from the weights' names and shapes; only what shapes cannot tell
-// (attention heads, norm groups, the size of SDXL's time-id embedding) comes from UnetConfig.
+// (attention heads, norm groups and epsilons, the size of SDXL's time-id embedding) comes from UnetConfig.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "models/nchw.hpp"
 #include "models/graph_model.hpp"
+#include "ops/ops.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
 namespace sdcpp {
 
+// Every value comes from Python (sdcpp.config.model_config.UNetConfig, defaults in sdcpp/config/families.py); the
+// zeros here are no defaults: the constructor refuses them.
 struct UnetConfig {
-    std::vector<int> heads;             // attention heads per down block; up blocks mirror it, mid takes the last
-    int groups = 32;                    // norm_num_groups
-    float resnet_eps = 1e-5f;           // norm_eps (resnets, conv_norm_out)
-    float transformer_gn_eps = 1e-6f;   // GroupNorm in front of each Transformer2DModel
-    float layer_norm_eps = 1e-5f;       // LayerNorms inside BasicTransformerBlock
-    int addition_time_embed_dim = 256;  // SDXL: sinusoidal width of each time id
-    bool flash_attn = false;
-    size_t max_im2col_bytes = size_t(256) << 20;  // larger convs run in bands of output rows (0: never)
-    int64_t f32_matmul_min_cols = -1;             // blocks::Graph::f32_matmul_min_cols; < 0: backend default
+    std::vector<int> heads;           // attention heads per down block; up blocks mirror it, mid takes the last
+    int groups = 0;                   // norm_num_groups
+    float resnet_eps = 0.0f;          // norm_eps (resnets, conv_norm_out)
+    float transformer_gn_eps = 0.0f;  // GroupNorm in front of each Transformer2DModel
+    float layer_norm_eps = 0.0f;      // LayerNorms inside BasicTransformerBlock
+    int addition_time_embed_dim = 0;  // SDXL: sinusoidal width of each time id (0 without add_embedding)
+    ops::Options ops;                 // kernel options
 };
 
 // Optional SDXL conditioning: pooled text embeds [N, P] and time ids [N, K] (6 for base, 5 for refiner).
@@ -37,7 +37,7 @@ struct UnetAdded {
 
 class Unet : public GraphModel {
 public:
-    Unet(WeightStore& weights, const UnetConfig& config, int n_threads = 0);
+    Unet(WeightStore& weights, const UnetConfig& config, int n_threads);
 
     // latents [N, C, h, w], timesteps [N], context [N, T, D] -> prediction [N, out_channels, h, w].
     Nchw predict(const float* latents, int64_t n, int64_t c, int64_t h, int64_t w, const float* timesteps,

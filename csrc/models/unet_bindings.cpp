@@ -53,23 +53,24 @@ Nchw predict(Unet& unet, const FloatArray& latents, const FloatArray& timesteps,
 void register_unet(py::module_& m) {
     py::class_<Unet> cls(m, "UNet", "UNet2DConditionModel graph over the unet.* weights of a WeightStore.");
     cls.def(py::init([](WeightStore& store, const std::vector<int>& heads, int groups, float norm_eps,
-                         int addition_time_embed_dim, bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols,
-                         int n_threads) {
+                         float transformer_group_norm_eps, float transformer_layer_norm_eps,
+                         int addition_time_embed_dim, bool flash_attn, double max_im2col_mib,
+                         int64_t f32_matmul_min_cols, int n_threads) {
                  UnetConfig cfg;
                  cfg.heads = heads;
                  cfg.groups = groups;
                  cfg.resnet_eps = norm_eps;
+                 cfg.transformer_gn_eps = transformer_group_norm_eps;
+                 cfg.layer_norm_eps = transformer_layer_norm_eps;
                  cfg.addition_time_embed_dim = addition_time_embed_dim;
-                 cfg.flash_attn = flash_attn;
-                 cfg.max_im2col_bytes = mib_to_bytes(max_im2col_mib);
-                 cfg.f32_matmul_min_cols = f32_matmul_min_cols;
+                 cfg.ops = kernel_options(flash_attn, max_im2col_mib, f32_matmul_min_cols);
                  return new Unet(store, cfg, n_threads);
              }),
-             py::arg("store"), py::arg("heads"), py::arg("groups") = 32, py::arg("norm_eps") = 1e-5f,
-             py::arg("addition_time_embed_dim") = 256,
-             py::arg("flash_attn") = false, py::arg("max_im2col_mib") = 256.0,
-             py::arg("f32_matmul_min_cols") = -1, py::arg("n_threads") = 0,
-             py::keep_alive<1, 2>())
+             // No defaults: sdcpp.models.unet.UNet passes every value (sdcpp.config holds the model's).
+             py::arg("store"), py::arg("heads"), py::arg("groups"), py::arg("norm_eps"),
+             py::arg("transformer_group_norm_eps"), py::arg("transformer_layer_norm_eps"),
+             py::arg("addition_time_embed_dim"), py::arg("flash_attn"), py::arg("max_im2col_mib"),
+             py::arg("f32_matmul_min_cols"), py::arg("n_threads"), py::keep_alive<1, 2>())
         .def(
             "predict",
             [](Unet& unet, const FloatArray& latents, const FloatArray& timesteps, const FloatArray& context,

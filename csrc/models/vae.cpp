@@ -2,11 +2,11 @@
 
 #include <stdexcept>
 
-#include "models/blocks.hpp"
+#include "models/modules.hpp"
 
 namespace sdcpp {
 
-using blocks::Graph;
+using ops::Graph;
 
 namespace {
 
@@ -25,56 +25,56 @@ int64_t conv_in_channels(const WeightStore& w, const std::string& name, int k) {
 // UNetMidBlock2D: resnet, then (attention, resnet) pairs; the VAE's attention is single-head over all channels.
 ggml_tensor* mid_block(const Graph& g, ggml_tensor* x, const std::string& prefix, const VaeConfig& cfg) {
     const std::string p = prefix + ".mid_block";
-    x = blocks::resnet(g, x, nullptr, idx(p, "resnets", 0), cfg.groups, cfg.eps);
+    x = modules::resnet(g, x, nullptr, idx(p, "resnets", 0), cfg.groups, cfg.eps);
     for (int i = 0; g.has(idx(p, "attentions", i) + ".to_q.weight"); ++i) {
         const std::string a = idx(p, "attentions", i);
         const int64_t W = x->ne[0], H = x->ne[1];
-        ggml_tensor* h = blocks::group_norm(g, x, a + ".group_norm", cfg.groups, cfg.eps);
-        h = blocks::attention(g, blocks::to_tokens(g.ctx, h), nullptr, a, 1);
-        x = ggml_add(g.ctx, x, blocks::from_tokens(g.ctx, h, W, H));  // residual_connection=True
-        x = blocks::resnet(g, x, nullptr, idx(p, "resnets", i + 1), cfg.groups, cfg.eps);
+        ggml_tensor* h = ops::group_norm(g, x, a + ".group_norm", cfg.groups, cfg.eps);
+        h = modules::attention(g, ops::to_tokens(g, h), nullptr, a, 1);
+        x = ggml_add(g.ctx, x, ops::from_tokens(g, h, W, H));  // residual_connection=True
+        x = modules::resnet(g, x, nullptr, idx(p, "resnets", i + 1), cfg.groups, cfg.eps);
     }
     return x;
 }
 
 ggml_tensor* out_head(const Graph& g, ggml_tensor* x, const std::string& prefix, const VaeConfig& cfg) {
-    x = blocks::group_norm(g, x, prefix + ".conv_norm_out", cfg.groups, cfg.eps, true);
-    return blocks::conv2d(g, x, prefix + ".conv_out");
+    x = ops::group_norm(g, x, prefix + ".conv_norm_out", cfg.groups, cfg.eps, true);
+    return ops::conv2d(g, x, prefix + ".conv_out");
 }
 
 ggml_tensor* decoder(const Graph& g, ggml_tensor* z, const VaeConfig& cfg) {
     if (g.has("vae.post_quant_conv.weight")) {
-        z = blocks::conv2d(g, z, "vae.post_quant_conv");
+        z = ops::conv2d(g, z, "vae.post_quant_conv");
     }
-    ggml_tensor* x = blocks::conv2d(g, z, kDec + ".conv_in");
+    ggml_tensor* x = ops::conv2d(g, z, kDec + ".conv_in");
     x = mid_block(g, x, kDec, cfg);
     for (int i = 0; g.has(idx(kDec, "up_blocks", i) + ".resnets.0.conv1.weight"); ++i) {
         const std::string b = idx(kDec, "up_blocks", i);
         for (int j = 0; g.has(idx(b, "resnets", j) + ".conv1.weight"); ++j) {
-            x = blocks::resnet(g, x, nullptr, idx(b, "resnets", j), cfg.groups, cfg.eps);
+            x = modules::resnet(g, x, nullptr, idx(b, "resnets", j), cfg.groups, cfg.eps);
         }
         if (g.has(b + ".upsamplers.0.conv.weight")) {
-            x = blocks::upsample(g, x, b + ".upsamplers.0", 2 * x->ne[0], 2 * x->ne[1]);
+            x = modules::upsample(g, x, b + ".upsamplers.0", 2 * x->ne[0], 2 * x->ne[1]);
         }
     }
     return out_head(g, x, kDec, cfg);
 }
 
 ggml_tensor* encoder(const Graph& g, ggml_tensor* x, const VaeConfig& cfg) {
-    x = blocks::conv2d(g, x, kEnc + ".conv_in");
+    x = ops::conv2d(g, x, kEnc + ".conv_in");
     for (int i = 0; g.has(idx(kEnc, "down_blocks", i) + ".resnets.0.conv1.weight"); ++i) {
         const std::string b = idx(kEnc, "down_blocks", i);
         for (int j = 0; g.has(idx(b, "resnets", j) + ".conv1.weight"); ++j) {
-            x = blocks::resnet(g, x, nullptr, idx(b, "resnets", j), cfg.groups, cfg.eps);
+            x = modules::resnet(g, x, nullptr, idx(b, "resnets", j), cfg.groups, cfg.eps);
         }
         if (g.has(b + ".downsamplers.0.conv.weight")) {
-            x = blocks::downsample(g, x, b + ".downsamplers.0", /*asymmetric=*/true);
+            x = modules::downsample(g, x, b + ".downsamplers.0", /*asymmetric=*/true);
         }
     }
     x = mid_block(g, x, kEnc, cfg);
     x = out_head(g, x, kEnc, cfg);
     if (g.has("vae.quant_conv.weight")) {
-        x = blocks::conv2d(g, x, "vae.quant_conv");
+        x = ops::conv2d(g, x, "vae.quant_conv");
     }
     return x;  // moments: [w, h, 2 * latent, N] = mean | logvar
 }
@@ -83,6 +83,9 @@ ggml_tensor* encoder(const Graph& g, ggml_tensor* x, const VaeConfig& cfg) {
 
 Vae::Vae(WeightStore& weights, const VaeConfig& config, int n_threads)
     : GraphModel(weights, n_threads), weights_(weights), config_(config) {
+    if (config_.groups < 1 || !(config_.eps > 0.0f)) {
+        throw std::invalid_argument("VAE: groups and eps must be > 0 (sdcpp.config passes them)");
+    }
     for (const char* name : {"vae.decoder.conv_in.weight", "vae.encoder.conv_in.weight"}) {
         if (!weights_.contains(name)) {
             throw std::invalid_argument(std::string("VAE weight '") + name + "' is missing");
@@ -100,7 +103,7 @@ Nchw Vae::decode(const float* latents, int64_t n, int64_t c, int64_t h, int64_t 
                                     std::to_string(latent_channels_));
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    Graph g = Graph::begin(runner_, config_.flash_attn, config_.max_im2col_bytes, config_.f32_matmul_min_cols);
+    Graph g = Graph::begin(runner_, config_.ops);
     ggml_tensor* z = runner_.input(GGML_TYPE_F32, {w, h, c, n}, latents, sizeof(float) * n * c * h * w);
     ggml_tensor* y = decoder(g, z, config_);
     runner_.run({y});
@@ -118,7 +121,7 @@ Nchw Vae::encode(const float* images, int64_t n, int64_t c, int64_t h, int64_t w
                                     std::to_string(in_ch));
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    Graph g = Graph::begin(runner_, config_.flash_attn, config_.max_im2col_bytes, config_.f32_matmul_min_cols);
+    Graph g = Graph::begin(runner_, config_.ops);
     ggml_tensor* x = runner_.input(GGML_TYPE_F32, {w, h, c, n}, images, sizeof(float) * n * c * h * w);
     ggml_tensor* moments = encoder(g, x, config_);
     const int64_t lw = moments->ne[0], lh = moments->ne[1], lc = moments->ne[2] / 2;

@@ -8,24 +8,23 @@
 
 #include "models/nchw.hpp"
 #include "models/graph_model.hpp"
+#include "ops/ops.hpp"
 #include "runtime/graph_runner.hpp"
 #include "weight_store.hpp"
 
 namespace sdcpp {
 
+// Every value comes from Python (sdcpp.config.model_config.VaeConfig, defaults in sdcpp/config/families.py); the
+// zeros here are no defaults: the constructor refuses them.
 struct VaeConfig {
-    int groups = 32;       // norm_num_groups
-    float eps = 1e-6f;     // diffusers' Encoder/Decoder use 1e-6 everywhere
-    bool flash_attn = false;
-    // Larger convs run in bands of output rows (0: never). Measured on an SD VAE decode at 256x256: bands of
-    // 8-32 MiB were 24% faster than whole convs (cache-sized columns) and cut the compute buffer by a third.
-    size_t max_im2col_bytes = size_t(32) << 20;
-    int64_t f32_matmul_min_cols = -1;  // blocks::Graph::f32_matmul_min_cols; < 0: backend default
+    int groups = 0;    // norm_num_groups
+    float eps = 0.0f;  // every GroupNorm (diffusers' Encoder/Decoder: 1e-6)
+    ops::Options ops;  // kernel options
 };
 
 class Vae : public GraphModel {
 public:
-    Vae(WeightStore& weights, const VaeConfig& config, int n_threads = 0);
+    Vae(WeightStore& weights, const VaeConfig& config, int n_threads);
 
     // latents [N, latent_channels, h, w] -> images [N, out_channels, 8h, 8w] (no scaling factor applied).
     Nchw decode(const float* latents, int64_t n, int64_t c, int64_t h, int64_t w);

@@ -12,17 +12,17 @@ namespace sdcpp {
 
 void register_vae(py::module_& m) {
     py::class_<Vae> cls(m, "VAE", "AutoencoderKL encoder/decoder graphs over the vae.* weights of a WeightStore.");
-    cls.def(py::init([](WeightStore& store, int groups, bool flash_attn, double max_im2col_mib,
+    cls.def(py::init([](WeightStore& store, int groups, float norm_eps, bool flash_attn, double max_im2col_mib,
                          int64_t f32_matmul_min_cols, int n_threads) {
                  VaeConfig cfg;
                  cfg.groups = groups;
-                 cfg.flash_attn = flash_attn;
-                 cfg.max_im2col_bytes = mib_to_bytes(max_im2col_mib);
-                 cfg.f32_matmul_min_cols = f32_matmul_min_cols;
+                 cfg.eps = norm_eps;
+                 cfg.ops = kernel_options(flash_attn, max_im2col_mib, f32_matmul_min_cols);
                  return new Vae(store, cfg, n_threads);
              }),
-             py::arg("store"), py::arg("groups") = 32, py::arg("flash_attn") = false,
-             py::arg("max_im2col_mib") = 32.0, py::arg("f32_matmul_min_cols") = -1, py::arg("n_threads") = 0,
+             // No defaults: sdcpp.models.vae.VAE passes every value (sdcpp.config holds the model's).
+             py::arg("store"), py::arg("groups"), py::arg("norm_eps"), py::arg("flash_attn"),
+             py::arg("max_im2col_mib"), py::arg("f32_matmul_min_cols"), py::arg("n_threads"),
              py::keep_alive<1, 2>())
         .def(
             "decode",

@@ -65,9 +65,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 # What no family row decides, and no config overrides: the released models' values.
+# The graphs (csrc/) have no defaults of their own: every value below reaches them through config/model_config.py.
 HEAD_DIM = 64  # UNet heads = channels / 64 (SD2, SDXL); CLIP heads = hidden / 64 (768/12, 1024/16, 1280/20)
 NORM_GROUPS = 32  # GroupNorm groups of every UNet and VAE
 UNET_NORM_EPS = 1e-5  # resnets and conv_norm_out (diffusers norm_eps)
+# diffusers' Transformer2DModel inside the UNet: its GroupNorm has a fixed eps of 1e-6, its LayerNorms take
+# Transformer2DModel's norm_eps (1e-5), which UNet2DConditionModel never sets from its own norm_eps.
+UNET_TRANSFORMER_GROUP_NORM_EPS = 1e-6
+UNET_TRANSFORMER_LAYER_NORM_EPS = 1e-5
+VAE_NORM_EPS = 1e-6  # every GroupNorm of diffusers' Encoder/Decoder (fixed there; no config key)
 TEXT_LAYER_NORM_EPS = 1e-5
 TIME_ID_WIDTH = 256  # SDXL addition_time_embed_dim
 N_TIME_IDS = {"size": 6, "aesthetic": 5}

@@ -18,6 +18,9 @@ from .families import (
     TEXT_LAYER_NORM_EPS,
     TIME_ID_WIDTH,
     UNET_NORM_EPS,
+    UNET_TRANSFORMER_GROUP_NORM_EPS,
+    UNET_TRANSFORMER_LAYER_NORM_EPS,
+    VAE_NORM_EPS,
     Family,
     encoder_defaults,
 )
@@ -42,7 +45,9 @@ class UNetConfig:
     arch: UNetArch
     heads: tuple[int, ...]  # per down block
     groups: int
-    norm_eps: float
+    norm_eps: float  # resnets, conv_norm_out
+    transformer_group_norm_eps: float  # the GroupNorm in front of each transformer
+    transformer_layer_norm_eps: float  # the transformers' LayerNorms
     addition_time_embed_dim: int  # SDXL: sinusoidal width of each time id; 0 without add_embedding
     n_time_ids: int  # SDXL: 6 (base) or 5 (refiner); 0 without add_embedding
     sample_size: int | None  # latent size of the diffusers config, where there is one
@@ -52,6 +57,7 @@ class UNetConfig:
 class VaeConfig:
     arch: VaeArch
     groups: int
+    norm_eps: float  # every GroupNorm
     scaling_factor: float
 
 
@@ -145,7 +151,8 @@ def _unet(s: Shapes, cfg: dict, family: Family | None, encoders: dict[str, TextE
     size = cfg.get("sample_size")
     if isinstance(size, (list, tuple)):
         size = size[0]
-    return UNetConfig(arch, tuple(heads), groups, float(cfg.get("norm_eps") or UNET_NORM_EPS), width, n_ids,
+    return UNetConfig(arch, tuple(heads), groups, float(cfg.get("norm_eps") or UNET_NORM_EPS),
+                      UNET_TRANSFORMER_GROUP_NORM_EPS, UNET_TRANSFORMER_LAYER_NORM_EPS, width, n_ids,
                       int(size) if size else None)
 
 
@@ -172,7 +179,7 @@ def _time_id_width(s, cfg, family, encoders, adm: int, n_ids: int) -> int:
 def _vae(s: Shapes, cfg: dict, family: Family | None) -> VaeConfig:
     groups = int(cfg.get("norm_num_groups") or NORM_GROUPS)
     scaling = float(cfg.get("scaling_factor") or (family.vae_scaling_factor if family else 0.18215))
-    return VaeConfig(vae_arch(s, groups=groups), groups, scaling)
+    return VaeConfig(vae_arch(s, groups=groups), groups, VAE_NORM_EPS, scaling)
 
 
 def _cross_checks(s: Shapes, unet: UNetConfig, vae: VaeConfig):

@@ -24,6 +24,14 @@ from ._graph import GraphModel
 # softmax(QK^T)V and ggml_flash_attn_ext were within noise of each other on this CPU at 77 tokens (attention is
 # ~2% of the FLOPs there); the plain path also runs with f32 K/V on every ggml backend.
 DEFAULT_FLASH_ATTN = False
+# -1: the backend's threshold, as for the UNet and VAE (256 columns on the CPU), so the pipeline's call (prompt and
+# negative: 2 x 77 = 154 columns) keeps stored-type products, bit for bit as before CLIP ran on the shared ops, and
+# 4 rows and more take f32 products. benchmarks/bench_clip.py (CLIP-L, bigG; f16, q8_0; shared 2-core AVX-512
+# machine, medians): f32 products were faster at 308 columns (1.63-1.78x at 1 thread, 1.29-1.42x at 2) and at 154
+# (1.35-1.57x, 1.08-1.37x), mixed at 77 (1.05-1.45x, 0.75-1.19x). Lowering the threshold to 154 would change the
+# pipeline's conditioning (no more activation rounding) to save 0.1-0.25 s (CLIP-L) or 1.1-2.2 s (bigG) of a
+# generation whose UNet steps take minutes: left to the kernels' own tuning, with the UNet's threshold.
+DEFAULT_F32_MATMUL_MIN_COLS = -1
 
 
 class TextEncoder(GraphModel):
@@ -31,11 +39,13 @@ class TextEncoder(GraphModel):
 
     `n_heads`, `hidden_act`, `layer_norm_eps` override the config/family defaults (needed for non-standard
     models loaded from a source without config, e.g. the tiny test models whose heads are 32 wide).
-    `flash_attn`: use ggml_flash_attn_ext for attention. `n_threads`: 0 = one per physical core."""
+    `flash_attn`: use ggml_flash_attn_ext for attention. `f32_matmul_min_cols`: see `sdcpp.models.unet.UNet`.
+    `n_threads`: 0 = one per physical core."""
 
     def __init__(self, weights, component: str = "text_encoder", *, n_heads: int | None = None,
                  hidden_act: str | None = None, layer_norm_eps: float | None = None,
-                 flash_attn: bool = DEFAULT_FLASH_ATTN, n_threads: int = 0):
+                 flash_attn: bool = DEFAULT_FLASH_ATTN, f32_matmul_min_cols: int = DEFAULT_F32_MATMUL_MIN_COLS,
+                 n_threads: int = 0):
         if component not in TEXT_ENCODERS:
             raise ValueError(f"component must be one of {TEXT_ENCODERS}, got {component!r}")
         try:
@@ -60,8 +70,10 @@ class TextEncoder(GraphModel):
                                         f"{self.hidden_size}")
         self.flash_attn = checks.optional_bool("flash_attn", flash_attn) or False
         n_threads = checks.threads(n_threads)
-        self._graph = core().ClipTextModel(weights._store, prefix, self.n_layers, self.n_heads, self.hidden_act,
-                                           self.layer_norm_eps, self.flash_attn, n_threads)
+        self._graph = core().ClipTextModel(
+            weights._store, prefix, n_layers=self.n_layers, n_heads=self.n_heads, hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps, flash_attn=self.flash_attn, f32_matmul_min_cols=f32_matmul_min_cols,
+            n_threads=n_threads)
 
     def __repr__(self):
         return (f"TextEncoder({self.component}: {self.n_layers} layers, hidden {self.hidden_size}, "

@@ -29,7 +29,7 @@ class UNet(GraphModel):
 
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 256,
                  f32_matmul_min_cols: int = -1):
-        config = weights.config.component("unet")  # heads, groups, eps, time-id width: sdcpp.config
+        config = weights.config.component("unet")  # heads, groups, epsilons, time-id width: sdcpp.config
         self.weights = weights
         self.config = config
         self.heads = list(config.heads)
@@ -37,6 +37,8 @@ class UNet(GraphModel):
         n_threads = checks.threads(n_threads)
         self._graph = core().UNet(
             weights._store, self.heads, groups=config.groups, norm_eps=config.norm_eps,
+            transformer_group_norm_eps=config.transformer_group_norm_eps,
+            transformer_layer_norm_eps=config.transformer_layer_norm_eps,
             addition_time_embed_dim=config.addition_time_embed_dim, flash_attn=self.flash_attn,
             max_im2col_mib=max_im2col_mib, f32_matmul_min_cols=f32_matmul_min_cols, n_threads=n_threads)
 

@@ -60,14 +60,23 @@ def test_prompt_editing_conditions_each_step_as_a1111(models, monkeypatch, promp
         long = prompt.replace("[cat:(dog:1.3):1]", "(dog:1.3)")
         texts = [prompt.replace("[cat:(dog:1.3):1]", "cat")] * 2 + [long] * 2
     assert len(seen) == 4
+    # The generation encodes every text of the schedule and the negative in one batch; when that batch reaches the
+    # f32-product threshold (256 columns) its products run on another kernel than a one-text encode, so the two
+    # agree to kernel rounding (measured 2.3e-6), not bit for bit. Texts that differ differ by O(1).
+    same = 2e-5
     for step, text in enumerate(texts):
         want = model.prompt_encoder.encode_texts([text])[0]["context"]
         got = seen[step][:, :want.shape[1]]
-        assert np.array_equal(got, want), f"step {step}: not {text!r}"
+        assert np.abs(got - want).max() <= same, f"step {step}: not {text!r}"
+        others = sorted({t for t in texts if t != text})
+        for other in others:
+            alt = model.prompt_encoder.encode_texts([other])[0]["context"]
+            if alt.shape == want.shape:
+                assert np.abs(got - alt).max() > 1e-2, f"step {step}: {other!r} instead of {text!r}"
         # the shorter side is padded with the empty chunk, as A1111 pads
         if seen[step].shape[1] > want.shape[1]:
             empty = model.prompt_encoder.encode_texts([""])[0]["context"]
-            assert np.array_equal(seen[step][:, want.shape[1]:want.shape[1] + 77], empty)
+            assert np.abs(seen[step][:, want.shape[1]:want.shape[1] + 77] - empty).max() <= same
     assert out[0].size == (32, 32)
 
 

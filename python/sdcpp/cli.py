@@ -1,4 +1,4 @@
-"""The `sdcpp` command: generate, serve, inspect, quantize, evaluate, build-ggml, system-info, tiny-model."""
+"""The `sdcpp` command: generate, batch, serve, inspect, quantize, evaluate, build-ggml, system-info, tiny-model."""
 
 from __future__ import annotations
 
@@ -147,6 +147,23 @@ def _generate(a) -> int:
     return 0
 
 
+def _batch(a) -> int:
+    try:
+        from .distributed import generate_batch
+    except ImportError as e:
+        print(f"sdcpp: error: `sdcpp batch` needs the ray extra: pip install 'sdcpp[ray]' ({e})", file=sys.stderr)
+        return 2
+    opts = {k: v for k, v in dict(type=a.type, width=a.width, height=a.height).items() if v is not None}
+    result = generate_batch(a.rows, a.model, a.output, concurrency=a.concurrency,
+                            threads_per_actor=a.threads_per_actor, address=a.address, base_seed=a.seed,
+                            steps=a.steps, guidance_scale=a.cfg, sampler=a.sampler, **opts)
+    print(f"{len(result.generated)} generated, {len(result.skipped)} already there, {len(result.failed)} failed "
+          f"-> {a.output}/manifest.jsonl")
+    for rec in result.failed:
+        print(f"  {rec['id']}: {rec['error']}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def _serve(a) -> int:
     try:
         from .server import Limits, serve
@@ -249,6 +266,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="text to image; img2img with --init-image, inpainting with --mask")
     _add_generate_args(p)
 
+    p = sub.add_parser("batch", help="generate a JSONL file of rows on a Ray actor pool (sdcpp[ray])")
+    p.add_argument("rows", help="JSONL: one {\"prompt\": ..., \"seed\": ..., ...} object (or string) per line")
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument("-o", "--output", required=True, help="folder for <id>.png and manifest.jsonl")
+    p.add_argument("--address", default="local", help="local (start Ray here), auto, or ray://host:port")
+    p.add_argument("--concurrency", type=int, default=1, help="actors, each with the model loaded once")
+    p.add_argument("--threads-per-actor", type=int, default=1)
+    p.add_argument("--type", help="weight type (quantized once by the driver for every actor)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--sampler", default="euler_a")
+    p.add_argument("-W", "--width", type=int)
+    p.add_argument("-H", "--height", type=int)
+    p.add_argument("--seed", type=int, default=0, help="seed of row 0 when rows carry none (row i: seed + i)")
+
     p = sub.add_parser("serve", help="an A1111- and OpenAI-compatible HTTP server for one model (sdcpp[server])")
     _add_serve_args(p)
 
@@ -273,6 +305,8 @@ def main(argv=None) -> int:
             return _generate(a)
         if a.command == "serve":
             return _serve(a)
+        if a.command == "batch":
+            return _batch(a)
         if a.command == "inspect":
             from .api import inspect
 

@@ -29,6 +29,14 @@ ggml_tensor* resnet(const Graph& g, ggml_tensor* x, ggml_tensor* temb_act, const
     return ggml_add(g.ctx, skip, h);
 }
 
+ggml_tensor* tiny_block(const Graph& g, ggml_tensor* x, const std::string& prefix) {
+    ggml_tensor* h = ops::relu(g, ops::conv2d(g, x, prefix + ".conv.0"));
+    h = ops::relu(g, ops::conv2d(g, h, prefix + ".conv.2"));
+    h = ops::conv2d(g, h, prefix + ".conv.4");
+    ggml_tensor* skip = g.has(prefix + ".skip.weight") ? ops::conv2d(g, x, prefix + ".skip") : x;
+    return ops::relu(g, ggml_add(g.ctx, h, skip));
+}
+
 ggml_tensor* upsample(const Graph& g, ggml_tensor* x, const std::string& prefix, int64_t W, int64_t H) {
     return ops::conv2d(g, ops::resize_nearest(g, x, W, H), prefix + ".conv", 1, 1);
 }

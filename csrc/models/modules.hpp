@@ -23,6 +23,10 @@ ggml_tensor* geglu_feed_forward(const Graph& g, ggml_tensor* x, const std::strin
 ggml_tensor* resnet(const Graph& g, ggml_tensor* x, ggml_tensor* temb_act, const std::string& prefix, int groups,
                     float eps);
 
+// diffusers AutoencoderTinyBlock (TAESD): relu(conv.4(relu(conv.2(relu(conv.0(x))))) + skip(x)), skip a bias-free
+// 1x1 conv where the block changes channels, else x.
+ggml_tensor* tiny_block(const Graph& g, ggml_tensor* x, const std::string& prefix);
+
 // diffusers Upsample2D: nearest resize to (W, H) (2x unless a skip connection needs another size), then conv.
 ggml_tensor* upsample(const Graph& g, ggml_tensor* x, const std::string& prefix, int64_t W, int64_t H);
 // diffusers Downsample2D: 3x3 conv, stride 2. UNet: padding 1. VAE encoder (asymmetric): pad right/bottom

@@ -199,6 +199,8 @@ ggml_tensor* resize_nearest(const Graph& g, ggml_tensor* x, int64_t W_out, int64
 
 ggml_tensor* silu(const Graph& g, ggml_tensor* x) { return ggml_silu(g.ctx, x); }
 
+ggml_tensor* relu(const Graph& g, ggml_tensor* x) { return ggml_relu(g.ctx, x); }
+
 ggml_tensor* gelu(const Graph& g, ggml_tensor* x) { return ggml_gelu_erf(g.ctx, x); }
 
 ggml_tensor* quick_gelu(const Graph& g, ggml_tensor* x) {

@@ -93,6 +93,7 @@ ggml_tensor* attention(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml_tens
 
 // Activations, elementwise in f32.
 ggml_tensor* silu(const Graph& g, ggml_tensor* x);
+ggml_tensor* relu(const Graph& g, ggml_tensor* x);
 ggml_tensor* gelu(const Graph& g, ggml_tensor* x);        // exact (erf) form, as torch's F.gelu
 ggml_tensor* quick_gelu(const Graph& g, ggml_tensor* x);  // x * sigmoid(1.702 x), OpenAI CLIP
 // GEGLU of h = [hidden | gate] (first dimension 2 * n) -> hidden * gelu(gate) (erf form), [n, ...].

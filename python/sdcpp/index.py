@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .errors import ModelFormatError
 from .io.open import read_source
 from .io.raw import MappedFiles, RawSource
 from .names.canonicalize import CanonicalTensor, IngestNotes, canonicalize
@@ -52,17 +53,26 @@ class TensorIndex:
         Shapes fix most hyper-parameters; configs add what shapes cannot tell, like attention head counts."""
         out: dict[str, dict] = {}
         for source in self.sources:
-            out.update({c: cfg for c, cfg in source.configs.items() if c in COMPONENTS})
+            # Only for the components whose tensors came from this source: a config describes those tensors, not
+            # the ones of a later file that replaced the component (a config-less TAESD given as vae= over a
+            # diffusers folder's AutoencoderKL).
+            held = self._held_by(source)
+            out.update({c: cfg for c, cfg in source.configs.items() if c in held})
             for key, value in source.metadata.items():
-                if key.startswith(CONFIG_KEY) and isinstance(value, str):
+                if key.startswith(CONFIG_KEY) and isinstance(value, str) and key[len(CONFIG_KEY):] in held:
                     try:
                         config = json.loads(value)
                     except (ValueError, RecursionError):
                         continue  # a damaged optional hint: shapes and family defaults still apply
                     if isinstance(config, dict):
                         out[key[len(CONFIG_KEY):]] = config
-        present = set(self.components())
-        return {c: cfg for c, cfg in out.items() if c in present}
+        return out
+
+    def _held_by(self, source) -> set[str]:
+        """Components whose tensors come from `source` (a file, or a folder holding them)."""
+        root = os.path.join(os.path.abspath(source.path), "")
+        return {t.component for t in self
+                if t.source.path == source.path or os.path.abspath(t.source.path).startswith(root)}
 
     def close(self):
         self.files.close()
@@ -75,30 +85,39 @@ def model_paths(model) -> list:
 
 def open_model(model, *, unet=None, vae=None, text_encoder=None, text_encoder_2=None) -> TensorIndex:
     """Read headers of `model` (a path or a list of paths, later ones overriding the components they
-    hold) plus optional single-component files, e.g. `vae="sdxl_vae.safetensors"`."""
+    hold) plus optional single-component files, e.g. `vae="sdxl_vae.safetensors"`. A single component may be a
+    list of files that together hold it (TAESD's `taesd_encoder` and `taesd_decoder` halves)."""
     paths = model_paths(model)
     if not paths:
         raise ValueError("no model path given")
-    jobs = [(p, None) for p in paths]
+    jobs = [(p, None, i) for i, p in enumerate(paths)]  # (path, component hint, group: files merged together)
     singles = zip(COMPONENTS, (text_encoder, text_encoder_2, unet, vae), strict=True)
-    jobs += [(p, c) for c, p in singles if p is not None]
+    for comp, value in singles:
+        if value is not None:
+            jobs += [(p, comp, comp) for p in model_paths(value)]
 
     tensors: dict[str, CanonicalTensor] = {}
+    owner: dict[str, object] = {}  # component -> the group its tensors come from
     sources, overridden = [], []
     notes = IngestNotes([], [])
-    for path, hint in jobs:
-        source = read_source(path)
+    for path, hint, group in jobs:
+        source = read_source(path, hint)
         canon, n = canonicalize(source, hint)
         sources.append(source)
         notes.ignored += n.ignored
         notes.unknown += n.unknown
-        # A later file replaces whole components: mixing two VAEs tensor by tensor is never intended.
+        # A later file replaces whole components: mixing two VAEs tensor by tensor is never intended. Files given
+        # together for one component (a list) add up instead, each tensor from one of them.
         for comp in sorted({t.component for t in canon}):
             old = [name for name, t in tensors.items() if t.component == comp]
-            if old:
+            if old and owner[comp] != group:
                 overridden.append((comp, tensors[old[0]].source.path, source.path))
                 for name in old:
                     del tensors[name]
+            owner[comp] = group
         for t in canon:
+            if t.name in tensors:
+                raise ModelFormatError(source.path, f"maps to '{t.name}', which {tensors[t.name].source.path} "
+                                       "already provides", tensor=t.source.name, rule="duplicate")
             tensors[t.name] = t
     return TensorIndex(tensors, sources, notes, overridden)

@@ -11,6 +11,7 @@ arguments, from a config or the family defaults (sdcpp.config.families)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .shapes import Shapes
@@ -41,6 +42,12 @@ class VaeArch:
     has_encoder: bool
     decoder_out_channels: int  # channels at full resolution, into the decoder's conv_out
     mid_attention: bool  # the decoder's mid block has attention (over every latent pixel)
+    kind: str = "kl"  # "kl": AutoencoderKL; "tiny": AutoencoderTiny (TAESD)
+    # tiny: how many indices encoder.layers / decoder.layers span (weightless ReLU / upsampling layers included;
+    # encoder_layers 0 without an encoder), and the decoder's nearest-upsampling factor
+    encoder_layers: int = 0
+    decoder_layers: int = 0
+    upscale: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,78 @@ def vae_arch(s: Shapes, *, groups: int) -> VaeArch:
         if s.has("vae.quant_conv.weight"):
             s.conv("vae.quant_conv", 2 * latent, 2 * latent, 1, f"mean and log-variance of {latent} channels")
     return VaeArch(latent, 2**ups, has_encoder, full_res, mid_attention)
+
+
+# --- TAESD (AutoencoderTiny) ----------------------------------------------------------------------------------------
+# diffusers' EncoderTiny: conv(3 -> C), then per stage [conv(C -> C, stride 2, no bias) unless the first]
+# + AutoencoderTinyBlocks, then conv(C -> latent). DecoderTiny: conv(latent -> C), ReLU, then per stage
+# AutoencoderTinyBlocks + [nearest upsampling, conv(C -> C, no bias)] unless the last, which ends in conv(C -> 3).
+# The graph (csrc/models/taesd.cpp) reads each index the same way: a block, a conv, or (decoder, weightless) the
+# ReLU at index 1 and an upsampling anywhere else.
+
+def _tiny_span(s: Shapes, p: str) -> int:
+    found = {int(m.group(1)) for n in s.shapes if (m := re.match(re.escape(p) + r"\.(\d+)\.", n))}
+    return max(found) + 1 if found else 0
+
+
+def _tiny_block(s: Shapes, p: str, c: int) -> int:
+    """AutoencoderTinyBlock: relu(conv.4(relu(conv.2(relu(conv.0(x))))) + skip(x)); returns its channels."""
+    out = s.conv(p + ".conv.0", c, None, 3, f"{p} takes {c} channels")
+    s.conv(p + ".conv.2", out, out, 3, f"{p}.conv.0 gives {out} channels")
+    s.conv(p + ".conv.4", out, out, 3, f"{p}.conv.0 gives {out} channels")
+    if s.has(p + ".skip.weight"):
+        s.conv(p + ".skip", c, out, 1, f"{p} maps {c} to {out} channels", bias=False)
+    elif c != out:
+        s.need(p + ".skip.weight", f"{p} maps {c} to {out} channels")
+    return out
+
+
+def tiny_vae_arch(s: Shapes, *, upscale: int) -> VaeArch:
+    """`upscale`: the decoder's nearest-upsampling factor (config upsampling_scaling_factor)."""
+    dec = "vae.decoder.layers"
+    n_dec = _tiny_span(s, dec)
+    conv_in = s.need(dec + ".0.weight", "TAESD's decoder starts with its input conv")
+    latent = conv_in[1] if len(conv_in) == 4 else conv_in[1] // 9
+    h = s.conv(dec + ".0", latent, None, 3, f"{latent} latent channels")
+    if n_dec < 3:
+        s.need(f"{dec}.2.conv.0.weight", "TAESD's decoder has blocks after its input conv and ReLU")
+    ups, full_res = 0, h
+    for i in range(1, n_dec):
+        p = f"{dec}.{i}"
+        last = i == n_dec - 1
+        held = next((n for n in s.shapes if n.startswith(p + ".")), None)
+        if i == 1 and held:
+            s.fail(held, "is where TAESD's decoder has its ReLU (no weights)")
+        if s.has(p + ".conv.0.weight") and not last:
+            h = _tiny_block(s, p, h)
+        elif s.has(p + ".weight"):
+            full_res = h
+            h = s.conv(p, h, 3 if last else h, 3, "the decoder's RGB output" if last else f"keeps {h} channels",
+                       bias=True if last else None)
+        elif last or held:
+            s.fail(held or p + ".weight", "is not the conv where TAESD's decoder ends" if last
+                   else "is neither a conv nor an AutoencoderTinyBlock")
+        elif i > 1:
+            ups += 1  # nearest upsampling
+    enc = "vae.encoder.layers"
+    n_enc = _tiny_span(s, enc)
+    if n_enc:
+        h = s.conv(enc + ".0", 3, None, 3, "the encoder reads RGB")
+        downs = 0
+        for i in range(1, n_enc):
+            p = f"{enc}.{i}"
+            last = i == n_enc - 1
+            if s.has(p + ".conv.0.weight") and not last:
+                h = _tiny_block(s, p, h)
+            elif s.has(p + ".weight"):
+                h = s.conv(p, h, latent if last else h, 3, f"{latent} latent channels" if last
+                           else f"downsampling keeps {h} channels", bias=True if last else None)
+                downs += 0 if last else 1
+            else:
+                s.need(p + ".weight", "TAESD's encoder layers are convs and blocks, without gaps")
+        if upscale**ups != 2**downs:
+            s.fail(enc + ".0.weight", f"the encoder downsamples {2**downs}x, the decoder upsamples {upscale**ups}x")
+    return VaeArch(latent, upscale**ups, n_enc > 0, full_res, False, "tiny", n_enc, n_dec, upscale)
 
 
 # --- text encoders -------------------------------------------------------------------------------------------------

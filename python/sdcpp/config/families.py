@@ -74,6 +74,10 @@ UNET_NORM_EPS = 1e-5  # resnets and conv_norm_out (diffusers norm_eps)
 UNET_TRANSFORMER_GROUP_NORM_EPS = 1e-6
 UNET_TRANSFORMER_LAYER_NORM_EPS = 1e-5
 VAE_NORM_EPS = 1e-6  # every GroupNorm of diffusers' Encoder/Decoder (fixed there; no config key)
+# TAESD (AutoencoderTiny) works on the UNet's latents as they are: madebyollin/taesd's and taesdxl's configs say
+# scaling_factor 1.0, diffusers' default; its pipelines divide by the pipeline VAE's factor, so by 1 with TAESD.
+TINY_VAE_SCALING_FACTOR = 1.0
+TINY_VAE_UPSCALE = 2  # AutoencoderTiny's upsampling_scaling_factor default (every released TAESD)
 TEXT_LAYER_NORM_EPS = 1e-5
 TIME_ID_WIDTH = 256  # SDXL addition_time_embed_dim
 N_TIME_IDS = {"size": 6, "aesthetic": 5}

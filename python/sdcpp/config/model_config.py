@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..detect import ModelSpec
 from ..errors import ModelFormatError
-from .arch import TextEncoderArch, UNetArch, VaeArch, text_encoder_arch, unet_arch, vae_arch
+from .arch import TextEncoderArch, UNetArch, VaeArch, text_encoder_arch, tiny_vae_arch, unet_arch, vae_arch
 from .families import (
     FAMILIES,
     HEAD_DIM,
@@ -17,6 +17,8 @@ from .families import (
     NORM_GROUPS,
     TEXT_LAYER_NORM_EPS,
     TIME_ID_WIDTH,
+    TINY_VAE_SCALING_FACTOR,
+    TINY_VAE_UPSCALE,
     UNET_NORM_EPS,
     UNET_TRANSFORMER_GROUP_NORM_EPS,
     UNET_TRANSFORMER_LAYER_NORM_EPS,
@@ -55,10 +57,14 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class VaeConfig:
-    arch: VaeArch
-    groups: int
+    arch: VaeArch  # arch.kind: "kl" (AutoencoderKL) or "tiny" (TAESD)
+    groups: int  # 0 for TAESD, which has no GroupNorm
     norm_eps: float  # every GroupNorm
     scaling_factor: float
+
+    @property
+    def tiny(self) -> bool:
+        return self.arch.kind == "tiny"
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,21 @@ def _time_id_width(s, cfg, family, encoders, adm: int, n_ids: int) -> int:
     return extra // n_ids
 
 
+def _tiny_vae(s: Shapes, cfg: dict) -> VaeConfig:
+    """TAESD: what the graph implements of AutoencoderTiny's config (ReLU, nearest upsampling), checked."""
+    for key, want in (("act_fn", "relu"), ("upsample_fn", "nearest")):
+        if cfg.get(key, want) != want:
+            s.fail("vae.decoder.layers.0.weight", f"AutoencoderTiny with {key}={cfg[key]!r}: sdcpp runs {want!r}")
+    upscale = cfg.get("upsampling_scaling_factor", TINY_VAE_UPSCALE)
+    if not isinstance(upscale, int) or isinstance(upscale, bool) or not 1 <= upscale <= 8:
+        s.fail("vae.decoder.layers.0.weight", f"upsampling_scaling_factor {upscale!r} is not an integer in 1..8")
+    scaling = float(cfg.get("scaling_factor") or TINY_VAE_SCALING_FACTOR)
+    return VaeConfig(tiny_vae_arch(s, upscale=upscale), 0, 0.0, scaling)
+
+
 def _vae(s: Shapes, cfg: dict, family: Family | None) -> VaeConfig:
+    if any(n.startswith(("vae.decoder.layers.", "vae.encoder.layers.")) for n in s.shapes):
+        return _tiny_vae(s, cfg)
     groups = int(cfg.get("norm_num_groups") or NORM_GROUPS)
     scaling = float(cfg.get("scaling_factor") or (family.vae_scaling_factor if family else 0.18215))
     return VaeConfig(vae_arch(s, groups=groups), groups, VAE_NORM_EPS, scaling)

@@ -64,14 +64,16 @@ class Shapes:
             self.vector(prefix + ".bias", got[0], f"bias of {prefix}")
         return got[1], got[0]
 
-    def conv(self, prefix: str, n_in: int, n_out: int | None, k: int, why: str) -> int:
-        """A k x k conv kernel [out, in, k, k] (or stored as rows [out, in*k*k]) with its bias. Returns out."""
+    def conv(self, prefix: str, n_in: int, n_out: int | None, k: int, why: str, *, bias: bool | None = True) -> int:
+        """A k x k conv kernel [out, in, k, k] (or stored as rows [out, in*k*k]) with its bias (bias=None:
+        optional, checked when present). Returns out."""
         name = prefix + ".weight"
         got = self.need(name, why)
         ok = (len(got) == 4 and got[1:] == (n_in, k, k)) or (len(got) == 2 and got[1] == n_in * k * k)
         if not ok or (n_out is not None and got[0] != n_out):
             self.fail(name, f"has shape {_fmt(got)}, expected {_fmt((n_out, n_in, k, k))} ({why})")
-        self.vector(prefix + ".bias", got[0], f"bias of {prefix}")
+        if bias or (bias is None and self.has(prefix + ".bias")):
+            self.vector(prefix + ".bias", got[0], f"bias of {prefix}")
         return got[0]
 
     def out_channels(self, prefix: str) -> int:

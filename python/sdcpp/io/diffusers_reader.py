@@ -15,8 +15,17 @@ COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2")
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
 
 
+# A lone component folder (config.json next to its weights, e.g. madebyollin/taesd or an sdxl-vae repo): which
+# component its config's _class_name is; text encoders need the caller's hint (text_encoder= or text_encoder_2=).
+COMPONENT_CLASSES = {"AutoencoderKL": "vae", "AutoencoderTiny": "vae", "UNet2DConditionModel": "unet"}
+
+
 def is_diffusers_folder(path) -> bool:
     return os.path.isdir(path) and any(os.path.isdir(os.path.join(path, c)) for c in COMPONENT_FOLDERS)
+
+
+def is_component_folder(path) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and bool(_weight_files(path))
 
 
 def _weight_files(folder):
@@ -57,6 +66,32 @@ def _read_json(path):
     return value
 
 
+def _prefixed(comp: str, files: list[str]) -> tuple[list, dict[str, str]]:
+    tensors, component_of = [], {}
+    for file in files:
+        for t in read_safetensors(file).tensors:
+            name = f"{comp}.{t.name}"
+            if name in component_of:
+                raise ModelFormatError(file, "tensor appears in two shards", tensor=t.name, rule="duplicate")
+            component_of[name] = comp
+            tensors.append(replace(t, name=name))
+    return tensors, component_of
+
+
+def read_component_folder(path, hint: str | None = None) -> RawSource:
+    """One component's folder: `hint` (the argument it was passed as), else its config's _class_name, says
+    which component it is."""
+    path = os.fspath(path)
+    config = _read_json(os.path.join(path, "config.json")) or {}
+    comp = hint or COMPONENT_CLASSES.get(config.get("_class_name"))
+    if comp not in COMPONENT_FOLDERS:
+        raise ModelFormatError(path, f"component folder of class {config.get('_class_name')!r}: pass it as "
+                               "vae=, unet=, text_encoder= or text_encoder_2=")
+    tensors, component_of = _prefixed(comp, _weight_files(path))
+    return RawSource(path=path, format="diffusers", tensors=tensors, configs={comp: config},
+                     component_of=component_of)
+
+
 def read_diffusers_folder(path) -> RawSource:
     path = os.fspath(path)
     tensors, configs, component_of, metadata = [], {}, {}, {}
@@ -68,13 +103,9 @@ def read_diffusers_folder(path) -> RawSource:
         if not files:
             raise ModelFormatError(folder, "component folder holds no weights")
         configs[comp] = _read_json(os.path.join(folder, "config.json")) or {}
-        for file in files:
-            for t in read_safetensors(file).tensors:
-                name = f"{comp}.{t.name}"
-                if name in component_of:
-                    raise ModelFormatError(file, "tensor appears in two shards", tensor=t.name, rule="duplicate")
-                component_of[name] = comp
-                tensors.append(replace(t, name=name))
+        found, owners = _prefixed(comp, files)
+        tensors += found
+        component_of.update(owners)
     if not tensors:
         raise ModelFormatError(path, "no component folders with weights (unet/, vae/, text_encoder/, ...)")
     scheduler = _read_json(os.path.join(path, "scheduler", "scheduler_config.json"))

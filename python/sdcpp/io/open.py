@@ -7,7 +7,7 @@ import zipfile
 
 from ..errors import ModelFormatError
 from .ckpt_reader import read_ckpt
-from .diffusers_reader import is_diffusers_folder, read_diffusers_folder
+from .diffusers_reader import is_component_folder, is_diffusers_folder, read_component_folder, read_diffusers_folder
 from .gguf_reader import read_gguf
 from .raw import RawSource
 from .safetensors_reader import read_safetensors
@@ -15,12 +15,16 @@ from .safetensors_reader import read_safetensors
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-def read_source(path) -> RawSource:
+def read_source(path, hint: str | None = None) -> RawSource:
+    """`hint`: the component a lone component folder holds (the argument it came in as)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         if is_diffusers_folder(path):
             return read_diffusers_folder(path)
-        raise ModelFormatError(path, "folder is not a diffusers model (no unet/, vae/ or text_encoder/)")
+        if is_component_folder(path):
+            return read_component_folder(path, hint)
+        raise ModelFormatError(path, "folder is not a diffusers model (no unet/, vae/ or text_encoder/) nor one "
+                               "component's folder (config.json and diffusion_pytorch_model.safetensors)")
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     with open(path, "rb") as f:

@@ -16,6 +16,15 @@ def _f32(a, what: str) -> np.ndarray:
     return a
 
 
+def vae_graph(weights, **options):
+    """The model's VAE graph: `VAE` for an AutoencoderKL, `TinyVAE` for a TAESD (same interface)."""
+    if weights.config.component("vae").tiny:
+        from .taesd import TinyVAE
+
+        return TinyVAE(weights, **options)
+    return VAE(weights, **options)
+
+
 class VAE(GraphModel):
     """The VAE of loaded `Weights` (`sdcpp.load_weights`). No scaling factor is applied inside: multiply
     encoder output by `scaling_factor` and divide latents by it before `decode`, as diffusers pipelines do.
@@ -27,9 +36,13 @@ class VAE(GraphModel):
     were 24% faster than whole convs, cache-sized columns, and cut the compute buffer by a third).
     `f32_matmul_min_cols`: see `UNet`."""
 
+    tiny = False  # TinyVAE: True
+
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 32,
                  f32_matmul_min_cols: int = -1):
         config = weights.config.component("vae")  # groups, eps, scaling factor: sdcpp.config
+        if config.tiny:
+            raise ValueError("this VAE is a TAESD (AutoencoderTiny): use sdcpp.models.taesd.TinyVAE (or vae_graph)")
         self.weights = weights
         self.config = config
         self.flash_attn = resolve_flash_attn(weights, flash_attn)
@@ -42,6 +55,10 @@ class VAE(GraphModel):
     @property
     def latent_channels(self) -> int:
         return self._graph.latent_channels
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.config.arch.has_encoder
 
     def decode(self, latents) -> np.ndarray:
         """latents [B, 4, h, w] -> images [B, 3, 8h, 8w] (roughly in [-1, 1])."""

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..io.raw import NON_FLOAT_ITEMSIZE, RawSource, RawTensor
-from . import clip, unet, vae
-from .tables import BARE_HEADS, COMPONENTS, IGNORED, PREFIXES, UNSUPPORTED
+from . import clip, taesd, unet, vae
+from .tables import BARE_HEADS, COMPONENTS, IGNORED, PREFIXES, TAESD_DIFFUSERS, TAESD_LAYER, UNSUPPORTED
 from .target import Ignore, Target
 
 _PREFIXES_LONGEST_FIRST = sorted(PREFIXES.items(), key=lambda kv: -len(kv[0]))
@@ -67,6 +67,10 @@ def _route(source: RawSource, t: RawTensor, hint: str | None):
     for prefix, (comp, layout) in _PREFIXES_LONGEST_FIRST:
         if t.name.startswith(prefix):
             return comp, layout, t.name[len(prefix):]
+    if TAESD_LAYER.match(t.name):  # an original TAESD half: bare layer indices (which half: names.taesd)
+        return "vae", "taesd_bare", t.name
+    if TAESD_DIFFUSERS.match(t.name):  # AutoencoderTiny's layers, not a text encoder's `encoder.layers`
+        return "vae", "auto", t.name
     parts = t.name.split(".", 2)
     comp = BARE_HEADS.get(".".join(parts[:2])) or BARE_HEADS.get(parts[0])
     if comp is None:
@@ -154,7 +158,10 @@ def canonicalize(source: RawSource, hint: str | None = None) -> tuple[list[Canon
     out: dict[str, CanonicalTensor] = {}
     for (comp, layout), tensors in groups.items():
         names = [inner_names[id(t)] for t in tensors]
-        table = vae.translate(names) if comp == "vae" else _translate(layout, names)
+        if layout in taesd.LAYOUTS:
+            table = taesd.translate(names, layout)
+        else:
+            table = vae.translate(names) if comp == "vae" else _translate(layout, names)
         for t, inner in zip(tensors, names, strict=True):
             result = table.get(inner)
             if isinstance(result, Ignore):

@@ -25,11 +25,14 @@ PREFIXES: dict[str, tuple[str, str]] = {
     "vae.": ("vae", "auto"),
     "text_encoder.": ("text_encoder", "hf_clip"),
     "text_encoder_2.": ("text_encoder_2", "hf_clip"),
+    # TAESD halves in their original numbering (madebyollin/taesd's taesd.py), as ComfyUI combines them
+    "taesd_encoder.": ("vae", "taesd_encoder"),
+    "taesd_decoder.": ("vae", "taesd_decoder"),
 }
 
 # First segment (or first two, which win) of a name without any prefix (component files, ComfyUI-GGUF UNets)
-# -> component. "encoder.layers" is a text encoder saved without `text_model.` (transformers 5); a VAE's encoder
-# has no `layers`.
+# -> component. "encoder.layers" is a text encoder saved without `text_model.` (transformers 5), unless the name
+# has a TAESD layer's leaf (TAESD_LAYER below): a text encoder layer's leaves are self_attn / mlp / layer_norm*.
 BARE_HEADS: dict[str, str] = {
     "encoder.layers": "text_encoder", "embeddings": "text_encoder", "final_layer_norm": "text_encoder",
     "text_projection": "text_encoder",
@@ -41,6 +44,16 @@ BARE_HEADS: dict[str, str] = {
     "text_model": "text_encoder",
 }
 
+# --- TAESD (diffusers AutoencoderTiny) ---------------------------------------------------------
+# A layer of AutoencoderTiny's `encoder.layers` / `decoder.layers` (nn.Sequential): a conv (`N.weight`, `N.bias`) or
+# an AutoencoderTinyBlock (`N.conv.{0,2,4}.*`, `N.skip.weight`). The original files (taesd_encoder.safetensors,
+# taesd_decoder.safetensors) hold the same layers under bare indices; the decoder's count from 1 there (its index 0
+# is the input clamp, which has no weights), so diffusers' conversion subtracts one.
+_TAESD_LEAF = r"(\d+)\.((?:conv\.[024]\.)?(?:weight|bias)|skip\.weight)$"
+TAESD_LAYER = re.compile("^" + _TAESD_LEAF)  # original files: (index, leaf)
+TAESD_DIFFUSERS = re.compile(r"^(encoder|decoder)\.layers\." + _TAESD_LEAF)  # (half, index, leaf)
+TAESD_DECODER_OFFSET = 1  # original decoder index - diffusers decoder index
+
 # Known tensors that no Stable Diffusion graph reads: (regex on the raw name, reason).
 IGNORED: list[tuple[re.Pattern, str]] = [
     (re.compile(r"(^|\.)(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|"
@@ -51,6 +64,7 @@ IGNORED: list[tuple[re.Pattern, str]] = [
     (re.compile(r"position_ids$"), "position id buffer (recomputed)"),
     (re.compile(r"logit_scale$"), "CLIP training temperature"),
     (re.compile(r"^v_pred$"), "marker of a v-prediction SDXL checkpoint (read by detection)"),
+    (re.compile(r"^vae_(scale|shift)$"), "ComfyUI's TAESD latent scale / shift (1 and 0 for SD1/SD2/SDXL's TAESD)"),
     (re.compile(r"^(cond_stage_model|conditioner\.embedders\.\d)\.model\.attn_mask$"), "causal mask buffer"),
 ]
 

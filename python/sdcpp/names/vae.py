@@ -1,12 +1,13 @@
 """VAE names: LDM `encoder.down.N.block.M` / `decoder.up.N` -> diffusers `down_blocks` / `up_blocks`.
 LDM numbers decoder levels from the lowest resolution up; diffusers from the latent side, so the
-decoder index is reversed. Mid-block attention 1x1 convs become linear weights (squeeze)."""
+decoder index is reversed. Mid-block attention 1x1 convs become linear weights (squeeze). AutoencoderTiny's
+`encoder.layers.N` / `decoder.layers.N` are kept as they are (their original numbering: names/taesd.py)."""
 
 from __future__ import annotations
 
 import re
 
-from .tables import VAE_ATTN_LEAVES, VAE_FIXED, VAE_RESNET_LEAVES
+from .tables import TAESD_DIFFUSERS, VAE_ATTN_LEAVES, VAE_FIXED, VAE_RESNET_LEAVES
 from .target import Target
 
 _DOWN = re.compile(r"^encoder\.down\.(\d+)\.(block\.(\d+)|downsample)\.(.+)$")
@@ -22,6 +23,8 @@ def _resnet_leaf(rest):
 
 
 def _one(name, n_up):
+    if TAESD_DIFFUSERS.match(name):  # AutoencoderTiny (TAESD): diffusers' names are canonical
+        return Target(name)
     if m := _ATTN.match(name):
         leaf = VAE_ATTN_LEAVES.get(m.group(2))
         if leaf is None:

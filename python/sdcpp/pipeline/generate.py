@@ -20,7 +20,7 @@ from .memory import check_fits
 from .options import Options
 from .report import GenerationReport, Images, peak_rss, weight_bytes
 from .schedule import img2img_start, make_table
-from .tiling import decode_latents, encode_image, resolve_tiling
+from .tiling import check_tiny_tile, decode_latents, encode_image, resolve_tiling
 
 log = logging.getLogger("sdcpp")
 
@@ -43,6 +43,12 @@ def start_sigma(o: Options, sigmas: np.ndarray) -> float:
     return diffusers_init_noise_sigma(sigmas, o.timestep_spacing)
 
 
+def _posterior_noise(vae, rng: BatchRNG, shape):
+    """The noise of a VAE posterior sample, drawn where diffusers draws it; TAESD's encoder is deterministic and
+    diffusers' retrieve_latents takes its latents as they are, drawing nothing."""
+    return None if vae.tiny else rng.randn(shape)
+
+
 def _start(model, o: Options, rng: BatchRNG, sigmas: np.ndarray, report: GenerationReport):
     """(x at sigmas[0], unet concat channels or None, (init latent, latent mask) for 4-channel inpainting or
     None). Noise is drawn in diffusers' order: init-image sample, start noise, masked-image sample."""
@@ -60,8 +66,8 @@ def _start(model, o: Options, rng: BatchRNG, sigmas: np.ndarray, report: Generat
             image = o.init_image
             if not pure_noise:
                 with report.timed("encode_image"):
-                    init = encode_image(vae, np.repeat(image, B, axis=0), rng.randn(shape), o.vae_tiling,
-                                        o.tile_size) * np.float32(vae.scaling_factor)
+                    init = encode_image(vae, np.repeat(image, B, axis=0), _posterior_noise(vae, rng, shape),
+                                        o.vae_tiling, o.tile_size) * np.float32(vae.scaling_factor)
     noise = _noise(o, rng, shape)
     if init is None or pure_noise:
         x = noise * np.float32(start_sigma(o, sigmas))
@@ -81,8 +87,8 @@ def _start(model, o: Options, rng: BatchRNG, sigmas: np.ndarray, report: Generat
             image = np.zeros((1, 3, o.height, o.width), np.float32)
         masked = image * (pixel_mask < 0.5)
         with report.timed("encode_image"):
-            masked_latents = encode_image(vae, np.repeat(masked, B, axis=0), rng.randn(shape), o.vae_tiling,
-                                          o.tile_size) * np.float32(vae.scaling_factor)
+            masked_latents = encode_image(vae, np.repeat(masked, B, axis=0), _posterior_noise(vae, rng, shape),
+                                          o.vae_tiling, o.tile_size) * np.float32(vae.scaling_factor)
         concat = np.concatenate([np.repeat(mask, B, axis=0), masked_latents], axis=1)
         return x, concat, None
     if mask is not None:
@@ -97,9 +103,10 @@ class _Steps:
     returning False cancels through the model's token, the one mechanism `Model.cancel()` also uses: the token
     stops the pass running on it (sdcpp.Cancelled from the graph) or, between passes, the next step here."""
 
-    def __init__(self, progress, total: int, report: GenerationReport, cancel, guided=None):
+    def __init__(self, progress, total: int, report: GenerationReport, cancel, guided=None, preview=None):
         self.progress, self.total, self.report, self.cancel = progress, total, report, cancel
         self.guided = guided  # its `step` follows the sampler (prompt editing)
+        self.preview = preview  # denoised latents -> images for info["preview"], or None
         self.bar = None if callable(progress) else tqdm(total=total, desc="sampling", unit="step",
                                                         disable=None if progress else True, leave=False)
         self.last = time.perf_counter()
@@ -119,7 +126,18 @@ class _Steps:
         self.last = now
         if self.bar is not None:
             self.bar.update(1)
-        return self.user(step, dict(step_time=self.report.step_times[-1], latents=x, denoised=denoised))
+        info = dict(step_time=self.report.step_times[-1], latents=x, denoised=denoised)
+        if self.preview is not None:
+            with self.report.timed("preview"):
+                info["preview"] = self.preview(denoised)
+        return self.user(step, info)
+
+    def first(self, x):
+        """Step 0, before any step: lets a callback cancel before the first UNet pass."""
+        info = dict(step_time=0.0, latents=x, denoised=None)
+        if self.preview is not None:
+            info["preview"] = None
+        return self.user(0, info)
 
     def close(self):
         if self.bar is not None:
@@ -160,15 +178,26 @@ def _denoise(model, o: Options, cond, uncond, table, rounding, sigmas, x, rng, r
     scheduled = guided
     if blend is not None:
         guided = MaskedDenoiser(guided, *blend)
-    steps = _Steps(o.progress, len(sigmas) - 1, report, model.cancel_token, scheduled)
+    steps = _Steps(o.progress, len(sigmas) - 1, report, model.cancel_token, scheduled, o.preview or None)
     try:
-        steps.user(0, dict(step_time=0.0, latents=x, denoised=None))  # lets a callback cancel before any step
+        steps.first(x)
         if len(sigmas) > 1:
             with report.timed(stage):
                 x = sample(o.sampler, guided, x, sigmas, rng=rng, eta=o.eta, callback=steps).x
     finally:
         steps.close()
     return guided.blend(x) if blend is not None else x
+
+
+def decode_preview(decoder, latents: np.ndarray) -> np.ndarray:
+    """UNet-space latents [B, 4, h, w] -> images [B, 3, H, W] with a preview decoder (a TinyVAE: the whole batch in
+    one pass; an AutoencoderKL: one image at a time, tiled when the image would not fit)."""
+    x = np.asarray(latents, np.float32) / np.float32(decoder.scaling_factor)
+    if decoder.tiny:
+        return decoder.decode(x)
+    f = decoder.weights.config.vae_factor
+    tiling = resolve_tiling(decoder.weights.config, None, width=x.shape[3] * f, height=x.shape[2] * f)
+    return np.concatenate([decode_latents(decoder, x[i:i + 1], tiling, None) for i in range(len(x))])
 
 
 def _decode(model, x: np.ndarray, o: Options) -> np.ndarray:
@@ -276,7 +305,19 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     enc.set_embeddings(embeddings)  # this call's (none: none)
     refiner = _refiner_model(model, o.refiner)
     out_w, out_h = (o.hr_width, o.hr_height) if o.hr_scale is not None else (o.width, o.height)
+    encodes = ((o.init_image is not None and o.init_image.shape[1] == 3 and o.denoising_start is None)
+               or model.unet.in_channels == 9 or (o.hr_scale is not None and o.hr_upscaler == "lanczos"))
+    if encodes and not model.vae.has_encoder:
+        raise ValueError(f"this call encodes an image, but {model.name}'s VAE has no encoder (a decoder-only file "
+                         "such as taesd_decoder.safetensors; pass vae=[encoder, decoder] files)")
+    check_tiny_tile(model.vae, o.tile_size)
+    if refiner is not None:
+        check_tiny_tile(refiner.vae, o.tile_size)
     o.vae_tiling = resolve_tiling(model.weights.config, o.vae_tiling, width=out_w, height=out_h)
+    if o.preview is not False:  # from here on the callable that makes info["preview"]
+        if o.preview is not True:
+            model._load_preview(o.preview)
+        o.preview = model.preview_images
     check_fits(model.weights.config, width=out_w, height=out_h, batch=o.num_images,
                cfg=o.guidance_scale != 1.0, flash_attn=model.flash_attn or _blocked_attention(model),
                vae_tiling=o.vae_tiling, tile_size=o.tile_size)

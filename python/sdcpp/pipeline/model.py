@@ -10,10 +10,11 @@ import time
 from .. import checks
 from .._native import core
 from ..models.unet import UNet
-from ..models.vae import VAE
+from ..models.vae import vae_graph
 from ..sampling import TrainSchedule
 from .conditioning import PromptEncoder
-from .generate import run
+from .generate import decode_preview, run
+from .images import to_pil
 from .options import Options
 
 log = logging.getLogger("sdcpp")
@@ -37,12 +38,15 @@ class Model:
 
     `path`: a .safetensors / .gguf / diffusers folder (or a list, as for `sdcpp.load_weights`); `vae=`,
     `unet=`, `text_encoder=`, `text_encoder_2=`: component files replacing the model's; `type=`, `unet_type=`,
-    `te_type=`, `vae_type=`, `rules=`: the quantization request (quantize-on-load). `prediction`: override
+    `te_type=`, `vae_type=`, `rules=`: the quantization request (quantize-on-load); `vae=` may be a TAESD
+    (diffusers AutoencoderTiny folder or file, the original taesd_decoder / taesd_encoder files as a list, or
+    ComfyUI's combined file), which then decodes and encodes. `preview=`: a VAE file (a TAESD) that decodes the
+    per-step previews of `generate(preview=True)` and `preview_images`. `prediction`: override
     the detected "epsilon" / "v_prediction". `n_threads`: 0 = one per physical core. Calls from several threads are
     serialised (one lock per Model); `cancel()` from any thread stops the running one."""
 
     def __init__(self, path, *, device: str = "cpu", n_threads: int = 0, prediction: str | None = None,
-                 flash_attn: bool | None = None, progress=True, **quant_request):
+                 flash_attn: bool | None = None, progress=True, preview=None, **quant_request):
         from ..api import load_weights
 
         unknown = set(quant_request) - set(LOAD_OPTIONS)
@@ -59,7 +63,7 @@ class Model:
             raise ValueError(f"{path}: no UNet in this model (components: {', '.join(spec.components)})")
         self.name = _name(path)
         self.unet = UNet(self.weights, n_threads=n_threads, flash_attn=flash_attn)
-        self.vae = VAE(self.weights, n_threads=n_threads, flash_attn=flash_attn)
+        self.vae = vae_graph(self.weights, n_threads=n_threads, flash_attn=flash_attn)  # VAE or TinyVAE (TAESD)
         self.flash_attn = self.unet.flash_attn
         self.prompt_encoder = PromptEncoder(self.weights, n_threads=n_threads)
         self.vae_factor = self.weights.config.vae_factor
@@ -74,6 +78,8 @@ class Model:
             graph.cancel_token = self.cancel_token
         self._state = threading.Lock()
         self._running = False
+        self._preview, self._preview_path = None, None
+        self._load_preview(preview)
         log.info("loaded %s: %s %s (%s) in %.1f s", self.name, spec.family, spec.variant, spec.prediction,
                  self.load_seconds)
 
@@ -133,8 +139,11 @@ class Model:
             refiner the rest of the same table with its own text conditioning (same prompts, aesthetic scores),
             and decodes. denoising_end alone stops early (Images.latents for a refiner); denoising_start with
             init_image=those latents continues them without adding noise (the refiner's half on its own).
+        preview: with a progress callback, info["preview"] holds each step's denoised estimate as images (PIL, one
+            per image in the batch; None before the first step): True decodes with `preview_decoder` (a TAESD given
+            to Model(preview=) or set_preview, else the model's VAE), a path loads that TAESD (kept for later calls).
         progress: True (tqdm bar), False, or callback(step, total, info) -> bool | None, called with step 0
-            before the first step and after each one (info: step_time, latents, denoised); returning False
+            before the first step and after each one (info: step_time, latents, denoised, preview); returning False
             cancels as `cancel()` does: sdcpp.Cancelled (the model stays usable). Ctrl-C stops a running graph
             within ~0.1 s on the CPU (KeyboardInterrupt). extra: more fields for the PNG parameters text.
         """
@@ -155,6 +164,48 @@ class Model:
                 with self._state:
                     self._running = False
                     self.cancel_token.reset()
+
+    def set_preview(self, preview) -> None:
+        """Load `preview` (the path of a VAE file or folder: a TAESD, a few MB that decodes in milliseconds) as the
+        decoder of per-step previews; None: previews decode with the model's own VAE. Waits for a running
+        generation."""
+        with self._lock:
+            self._load_preview(preview)
+
+    def _load_preview(self, preview) -> None:
+        if preview is None or preview is False:
+            self._preview, self._preview_path = None, None
+            return
+        if not isinstance(preview, (str, os.PathLike)):
+            raise TypeError(f"preview must be the path of a TAESD (or other VAE) file, got {preview!r:.60}")
+        path = os.path.abspath(os.fspath(preview))
+        if path == self._preview_path:
+            return
+        from ..api import load_weights
+
+        weights = load_weights(path, device=self.weights.device, n_threads=self.n_threads, progress=False,
+                               strict=True)
+        if weights.spec.components != ("vae",):
+            raise ValueError(f"preview: {path} holds {', '.join(weights.spec.components) or 'no weights'}; "
+                             "preview= takes a VAE alone (a TAESD)")
+        decoder = vae_graph(weights, n_threads=self.n_threads)
+        unet_out = self.weights.config.unet.arch.out_channels
+        if decoder.latent_channels != unet_out:
+            raise ValueError(f"preview: {path} decodes {decoder.latent_channels}-channel latents, this UNet's "
+                             f"have {unet_out}")
+        decoder.cancel_token = self.cancel_token
+        self._preview, self._preview_path = decoder, path
+
+    @property
+    def preview_decoder(self):
+        """What previews decode with: the TAESD given as preview= (set_preview), else the model's VAE."""
+        return self._preview or self.vae
+
+    def preview_images(self, latents) -> list:
+        """Latents as the UNet sees them ([B, 4, h, w], scaled: a progress callback's info["denoised"], or
+        info["latents"]) -> PIL images, decoded with `preview_decoder`. The HTTP server's progress preview
+        (`current_image`) can call this on the denoised latents of the running job."""
+        return to_pil(decode_preview(self.preview_decoder, latents))
 
     def cancel(self) -> bool:
         """Stop the generation running now, from any thread: it raises sdcpp.Cancelled in its caller within ~0.1 s

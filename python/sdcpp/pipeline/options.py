@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field, fields, replace
 
@@ -59,6 +60,7 @@ class Options:
     vae_tiling: bool | None = None
     tile_size: int | None = None
     progress: object = True
+    preview: object = False  # per-step preview images for a progress callback: False, True or a TAESD file
     extra: dict = field(default_factory=dict)  # more A1111 "parameters" fields
 
     @classmethod
@@ -106,6 +108,8 @@ class Options:
         o.crops_coords_top_left = checks.size_pair("crops_coords_top_left", o.crops_coords_top_left)
         if not (isinstance(o.progress, bool) or callable(o.progress)):
             raise TypeError(f"progress must be True, False or a callable, got {o.progress!r:.40}")
+        _check_preview(o)
+        _check_preview_target(o)
         if not isinstance(o.extra, dict):
             raise TypeError(f"extra must be a dict of PNG parameter fields, got {type(o.extra).__name__}")
         _check_embeds(o, context_dim, pooled_dim)
@@ -168,6 +172,24 @@ def _check_embeds(o: Options, context_dim: int | None, pooled_dim: int | None) -
     if c is not None and n is not None and c.shape[1] != n.shape[1] and (c.shape[1] % 77 or n.shape[1] % 77):
         raise ValueError(f"prompt_embeds ({c.shape[1]} tokens) and negative_prompt_embeds ({n.shape[1]}) must have "
                          "the same length (or both whole 77-token chunks, padded like prompts)")
+
+
+def _check_preview(o: Options) -> None:
+    """preview: None/False (none), True (the model's preview decoder: a TAESD it was given, else its VAE) or the
+    path of a VAE file or folder (a TAESD, loaded once per Model)."""
+    if o.preview is None:
+        o.preview = False
+    if isinstance(o.preview, bool):
+        return
+    if not isinstance(o.preview, (str, os.PathLike)):
+        raise TypeError(f"preview must be True, False or the path of a TAESD file, got {o.preview!r:.60}")
+    if not os.path.exists(o.preview):
+        raise FileNotFoundError(f"preview: {os.fspath(o.preview)} does not exist")
+
+
+def _check_preview_target(o: Options) -> None:
+    if o.preview is not False and not callable(o.progress):
+        raise ValueError("preview= hands each step's image to a progress callback: pass progress=callable")
 
 
 HR_UPSCALERS = ("latent", "latent_nearest", "lanczos")

@@ -167,7 +167,7 @@ class Worker:
                 want = p.preview_wanted and denoised is not None
                 p.preview_wanted = False if want else p.preview_wanted
             if want:
-                preview = png_b64(self._decode(denoised[:1])[0])
+                preview = png_b64(self.model.preview_images(denoised[:1])[0])  # a TAESD when the model has one
                 with self._lock:
                     self._p.preview, self._p.preview_step = preview, step
                     self.previews_decoded += 1
@@ -175,6 +175,7 @@ class Worker:
         return on_step
 
     def _decode(self, latents: np.ndarray) -> list:
+        """An interrupted job's images: decoded by the model's own VAE, as its finished images are."""
         vae = self.model.vae
         x = latents / np.float32(vae.scaling_factor)
         return to_pil(np.concatenate([vae.decode(x[i:i + 1]) for i in range(len(x))]))

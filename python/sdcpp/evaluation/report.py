@@ -97,7 +97,7 @@ class EvaluationReport:
     def table(self, markdown: bool = False) -> str:
         head = ["type", "size", "load s", "s/step", "TE s", "decode s", "peak RSS", "latent rel-L2", "PSNR dB",
                 "SSIM", "TE rel-L2", "TE cos", "UNet rel-L2", "VAE PSNR"]
-        widths = [14, 10, 7, 7, 6, 9, 10, 14, 8, 7, 10, 8, 12, 9]
+        widths = [14, 11, 8, 8, 7, 9, 12, 14, 8, 7, 10, 8, 12, 9]  # sizes and RSS read up to "1021.5 MiB"
         lines = []
         for r in self.rows:
             cells = [r.label, human_bytes(r.total_bytes), _num(r.load_s, ".2f", 7), _num(r.step_s, ".3f", 7),

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "runtime/graph_runner.hpp"
@@ -36,6 +37,15 @@ public:
     std::vector<GraphRunner::NodeTime> last_profile() const {
         std::lock_guard<std::mutex> lock(mutex_);
         return runner_.last_profile();
+    }
+    // Runtime LoRA terms for the next passes (waits for a running pass).
+    void set_lora(std::unordered_map<std::string, std::vector<LoraTerm>> terms) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        runner_.set_lora(std::move(terms));
+    }
+    size_t lora_layers() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return runner_.lora_layers();
     }
     // The token that stops this model's passes (see GraphRunner). Reading it does not wait for a running pass,
     // so another thread can cancel one; sharing another token (set_cancel_token) waits for the pass to end.

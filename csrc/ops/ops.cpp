@@ -167,8 +167,13 @@ int64_t Graph::ne(const std::string& name, int dim) const {
     return runner.weights().tensor(name)->ne[dim];
 }
 
-ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
-    ggml_tensor* w = g.w(prefix + ".weight");
+namespace {
+
+// Names under which no weight exists: LoRA products add no bias.
+const std::string kNoBias = "\x01lora";
+
+// y = w x (+ `prefix`.bias) for a weight tensor w [in, out] in any type.
+ggml_tensor* linear_w(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std::string& prefix) {
     if (w->ne[0] != x->ne[0]) {
         throw std::invalid_argument(prefix + ".weight takes " + std::to_string(w->ne[0]) + " inputs, got " +
                                     std::to_string(x->ne[0]));
@@ -176,6 +181,26 @@ ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
     x = contiguous(g.ctx, x);
     w = matmul_weight(g, w, ggml_nelements(x) / x->ne[0]);
     return product(g, w, x, prefix, "linear.matmul");
+}
+
+}  // namespace
+
+ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
+    ggml_tensor* y = linear_w(g, x, g.w(prefix + ".weight"), prefix);
+    const std::vector<LoraTerm>* terms = g.runner.lora(prefix);
+    if (terms == nullptr) {
+        return y;
+    }
+    // Runtime LoRA: y += scale * up (down x), the scale applied to the rank-wide activations (the cheapest place).
+    for (const LoraTerm& t : *terms) {
+        ggml_tensor* d = linear_w(g, x, t.down, kNoBias);
+        d = named(ggml_scale(g.ctx, d, t.scale), "lora.scale");
+        if (t.up != nullptr) {
+            d = linear_w(g, d, t.up, kNoBias);
+        }
+        y = named(ggml_add(g.ctx, y, d), "lora.add");
+    }
+    return y;
 }
 
 ggml_tensor* to_tokens(const Graph& g, ggml_tensor* x) {
@@ -213,8 +238,11 @@ ggml_tensor* geglu(const Graph& g, ggml_tensor* h) {
     return named(ggml_geglu_erf_swapped(g.ctx, h), "ff.geglu");  // hidden * gelu_erf(gate), as torch's F.gelu
 }
 
-ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, int stride, int pad) {
-    ggml_tensor* w = g.w(prefix + ".weight");
+namespace {
+
+// conv2d of x with the weight tensor w [C*k*k, OC] (any type) + `prefix`.bias; the kernel size follows from w and C.
+ggml_tensor* conv2d_w(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std::string& prefix, int stride,
+                      int pad) {
     const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3];
     const int64_t OC = w->ne[1];
     const int64_t taps = w->ne[0] / C;
@@ -228,7 +256,7 @@ ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, i
     }
     if (k == 1 && stride == 1 && pad == 0) {
         // A 1x1 conv is a linear layer over channels: no im2col copy, only the token transposes.
-        return from_tokens(g, linear(g, to_tokens(g, x), prefix), W, H);
+        return from_tokens(g, linear_w(g, to_tokens(g, x), w, prefix), W, H);
     }
     if (k == 3 && stride == 1 && pad == 1 && g.wide(W * H * N) && g.use_blas()) {
         return conv3x3_blas(g, x, w, prefix);
@@ -259,6 +287,27 @@ ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, i
     y = ggml_reshape_3d(g.ctx, y, OC, OW * OH, N);
     y = named(ggml_cont(g.ctx, ggml_transpose(g.ctx, y)), "conv.layout");
     return ggml_reshape_4d(g.ctx, y, OW, OH, OC, N);
+}
+
+}  // namespace
+
+ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, int stride, int pad) {
+    ggml_tensor* y = conv2d_w(g, x, g.w(prefix + ".weight"), prefix, stride, pad);
+    const std::vector<LoraTerm>* terms = g.runner.lora(prefix);
+    if (terms == nullptr) {
+        return y;
+    }
+    // Runtime LoRA (LoCon): the down kernel is a conv with the layer's own kernel size, stride and padding, the up
+    // a 1x1 conv over the rank channels; a dense delta is a conv of the layer's shape.
+    for (const LoraTerm& t : *terms) {
+        ggml_tensor* d = conv2d_w(g, x, t.down, kNoBias, stride, pad);
+        d = named(ggml_scale(g.ctx, d, t.scale), "lora.scale");
+        if (t.up != nullptr) {
+            d = conv2d_w(g, d, t.up, kNoBias, 1, 0);
+        }
+        y = named(ggml_add(g.ctx, y, d), "lora.add");
+    }
+    return y;
 }
 
 ggml_tensor* group_norm(const Graph& g, ggml_tensor* x, const std::string& prefix, int groups, float eps,

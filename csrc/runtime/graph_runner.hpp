@@ -7,6 +7,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <ggml-alloc.h>
@@ -35,6 +36,15 @@ public:
 // CPU, ggml's abort callback reads the token between nodes and sdcpp's custom ops between blocks of work; other
 // backends (CUDA has no abort callback in this ggml) only stop between graphs. An aborted pass leaves nothing
 // behind: the next run() allocates, uploads and computes afresh.
+// One runtime LoRA term on a layer (see ops::linear / ops::conv2d): y += scale * up (down x) when `up` is set, else
+// y += scale * down x with `down` a dense delta in the layer's own stored layout. The tensors live in another
+// WeightStore on the same backend, which the caller keeps alive while the terms are set.
+struct LoraTerm {
+    ggml_tensor* down = nullptr;  // [in (x k x k), rank] or the dense delta [in (x k x k), out]
+    ggml_tensor* up = nullptr;    // [rank, out], or nullptr for a dense delta
+    float scale = 1.0f;
+};
+
 class GraphRunner {
 public:
     explicit GraphRunner(WeightStore& weights, int n_threads = 0);
@@ -80,6 +90,17 @@ public:
     int n_threads() const { return n_threads_; }
     WeightStore& weights() const { return weights_; }
 
+    // Runtime LoRA terms by layer prefix (canonical name without `.weight`); replaced as a whole between passes.
+    void set_lora(std::unordered_map<std::string, std::vector<LoraTerm>> terms) { lora_ = std::move(terms); }
+    const std::vector<LoraTerm>* lora(const std::string& prefix) const {
+        if (lora_.empty()) {
+            return nullptr;
+        }
+        auto it = lora_.find(prefix);
+        return it == lora_.end() ? nullptr : &it->second;
+    }
+    size_t lora_layers() const { return lora_.size(); }
+
 private:
     struct PendingInput {
         ggml_tensor* tensor;
@@ -99,6 +120,7 @@ private:
     bool profiling_ = false;
     std::vector<NodeTime> profile_;
     std::shared_ptr<CancelToken> cancel_ = std::make_shared<CancelToken>();
+    std::unordered_map<std::string, std::vector<LoraTerm>> lora_;
 };
 
 }  // namespace sdcpp

@@ -22,6 +22,10 @@ class TensorIndex:
     notes: IngestNotes
     overridden: list[tuple[str, str, str]] = field(default_factory=list)  # (component, replaced file, by file)
     files: MappedFiles = field(default_factory=MappedFiles, repr=False)
+    # LoRAs of this load (sdcpp.lora.LoraSet, or None) and the merges they add at ingest: canonical name ->
+    # f(float32 source weight) -> adapted weight, applied before the plan's type conversion.
+    loras: object = None
+    merges: dict = field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.tensors.values())
@@ -76,6 +80,8 @@ class TensorIndex:
 
     def close(self):
         self.files.close()
+        if self.loras is not None:
+            self.loras.close()
 
 
 def model_paths(model) -> list:

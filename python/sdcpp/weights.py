@@ -31,6 +31,7 @@ class Weights:
         self._store = store  # sdcpp._core.WeightStore; model graphs read it directly
         self.plan = plan
         self.configs = configs or {}  # component -> architecture config, where a source declared one
+        self.loras = None  # sdcpp.lora.LoraSet of the load (merged and runtime modules), or None
 
     @property
     def spec(self) -> ModelSpec:

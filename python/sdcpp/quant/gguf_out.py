@@ -94,7 +94,7 @@ def _sd_cpp_tensors(index, plan: QuantPlan, n_threads: int):
     def data():
         releaser = PageReleaser(index.files, [index[p].source for o in tensors for p in o.parts])
         for o in tensors:
-            parts = [planned_bytes(index.files, index[p], plan[p], n_threads) for p in o.parts]
+            parts = [planned_bytes(index.files, index[p], plan[p], n_threads, index.merges.get(p)) for p in o.parts]
             out = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if o.transpose:
                 out = _transposed(out, plan[o.parts[0]].type, o.shape)

@@ -55,9 +55,23 @@ def source_array(files, t: CanonicalTensor) -> tuple[np.ndarray, str]:
     return _arrange(f32, t), "f32"
 
 
-def planned_bytes(files, t: CanonicalTensor, entry: PlanEntry, n_threads: int = 0) -> np.ndarray:
-    """The tensor's bytes in `entry.type`, rows of `entry.rows[1]` elements (uint8 array)."""
+def as_f32(data: np.ndarray, dtype: str, t: CanonicalTensor) -> np.ndarray:
+    """`source_array`'s result as float32 in the canonical shape (a copy)."""
+    if dtype == "bf16":
+        f32 = (data.reshape(-1).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    elif dtype in _FLOATS:
+        f32 = data.astype(np.float32)
+    else:
+        f32 = core().dequantize(data, dtype, t.numel)
+    return f32.reshape(t.shape)
+
+
+def planned_bytes(files, t: CanonicalTensor, entry: PlanEntry, n_threads: int = 0, merge=None) -> np.ndarray:
+    """The tensor's bytes in `entry.type`, rows of `entry.rows[1]` elements (uint8 array). `merge`: a function of
+    the float32 source weight (merged LoRAs, sdcpp.lora), applied before the conversion to the planned type."""
     data, dtype = source_array(files, t)
+    if merge is not None:
+        data, dtype = np.ascontiguousarray(merge(as_f32(data, dtype, t)), dtype=np.float32), "f32"
     rows, n = entry.rows
     if dtype == entry.type:
         return data.reshape(-1).view(np.uint8)
@@ -74,5 +88,5 @@ def stream_planned(index, plan, n_threads: int = 0) -> Iterator[tuple[PlanEntry,
     releaser = PageReleaser(index.files, [index[e.name].source for e in plan])
     for e in plan:
         t = index[e.name]
-        yield e, planned_bytes(index.files, t, e, n_threads)
+        yield e, planned_bytes(index.files, t, e, n_threads, index.merges.get(e.name))
         releaser.done(t.source)

@@ -36,14 +36,18 @@ class Inspection:
     unknown: list[tuple[str, str]]
     overridden: list[tuple[str, str, str]]
     budget: dict | None = None  # what a budget quantization chose and measured (sdcpp.budget in our GGUFs)
+    # Per LoRA given: path, name, strength, hash, kinds, merged / runtime module counts, the canonical layers it
+    # adapts and its unmatched keys (sdcpp.lora.LoadedLora.summary).
+    loras: list[dict] | None = None
 
     @classmethod
     def build(cls, index: TensorIndex, plan: QuantPlan, budget: dict | None = None) -> Inspection:
         if budget is None:
             budget = next((_budget(s.metadata["sdcpp.budget"]) for s in index.sources
                            if isinstance(s.metadata.get("sdcpp.budget"), str)), None)
+        loras = [item.summary() for item in index.loras.items] if index.loras else []
         return cls([s.path for s in index.sources], [s.format for s in index.sources], plan,
-                   list(index.notes.ignored), list(index.notes.unknown), list(index.overridden), budget)
+                   list(index.notes.ignored), list(index.notes.unknown), list(index.overridden), budget, loras)
 
     @property
     def spec(self):
@@ -93,7 +97,7 @@ class Inspection:
             unknown=[dict(file=f, name=n) for f, n in self.unknown],
             overridden=[dict(component=c, replaced=a, by=b) for c, a, b in self.overridden],
             problems={c: str(e) for c, e in self.plan.config.problems.items()},
-            budget=self.budget,
+            budget=self.budget, loras=self.loras or [],
         )
 
     def __str__(self) -> str:
@@ -131,6 +135,15 @@ class Inspection:
             lines += ["", f"ignored ({len(self.ignored)}): " + "; ".join(f"{r} ×{n}" for r, n in reasons.items())]
         if self.budget:
             lines += ["", self._budget_text()]
+        for lo in self.loras or []:
+            lines += ["", f"LoRA {lo['name']} ({lo['path']}, sha256 {lo['hash']}) at {lo['strength']:g}: "
+                      f"{', '.join(lo['kinds'])}, {len(lo['layers'])} layers ({lo['merged']} merged, "
+                      f"{lo['runtime']} at run time)"]
+            comps = Counter(n.partition(".")[0] for n in lo["layers"])
+            lines.append("  adapts: " + ", ".join(f"{c} ×{n}" for c, n in comps.items()))
+            if lo["unmatched"]:
+                lines.append(f"  UNMATCHED keys, not applied ({len(lo['unmatched'])}): "
+                             + ", ".join(lo["unmatched"][:5]) + (" ..." if len(lo["unmatched"]) > 5 else ""))
         for comp, err in self.plan.config.problems.items():
             lines += ["", f"{comp} CANNOT RUN: {err}"]
         if self.unknown:

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import Cancelled
+from ..lora.session import hashes_field, strip_tags
 from ..sampling import Denoiser, diffusers_init_noise_sigma, get_sampler, sample
 from ..text.embeddings import load_embeddings
 from .conditioning import build_schedules
@@ -303,6 +304,9 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
         raise ValueError("hires fix (hr_scale) is a txt2img second pass: not with init_image or inpainting UNets")
     embeddings = load_embeddings(o.embeddings_dir)
     enc.set_embeddings(embeddings)  # this call's (none: none)
+    # <lora:name:strength> tags leave the text before it is encoded (A1111); the PNG keeps the prompt as given.
+    text_prompt, lora_tags = strip_tags(prompt)
+    active_loras = model.loras.activate(model.lora_graphs(), o.loras, lora_tags)
     refiner = _refiner_model(model, o.refiner)
     out_w, out_h = (o.hr_width, o.hr_height) if o.hr_scale is not None else (o.width, o.height)
     encodes = ((o.init_image is not None and o.init_image.shape[1] == 3 and o.denoising_start is None)
@@ -328,7 +332,7 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
              o.sampler, o.schedule, o.steps, o.guidance_scale, o.seed)
 
     with report.timed("text_encode"):
-        cond, uncond = _conditioning(model, prompt, negative_prompt, o, width=o.width, height=o.height)
+        cond, uncond = _conditioning(model, text_prompt, negative_prompt, o, width=o.width, height=o.height)
 
     table, rounding = make_table(model.train, o.steps, o.sampler, o.schedule, spec.family, o.timestep_spacing)
     first, end = 0, o.steps  # the steps of the table this call runs
@@ -347,10 +351,10 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
         x, concat, blend = _start(model, o, rng, sigmas, report)
     x = _denoise(model, o, cond, uncond, table, rounding, sigmas, x, rng, report, concat=concat, blend=blend)
     if o.hr_scale is not None:
-        x = _hires(model, prompt, negative_prompt, o, x, report)
+        x = _hires(model, text_prompt, negative_prompt, o, x, report)
     decoder = model
     if refiner is not None:
-        x = _refine(refiner, prompt, negative_prompt, o, x, end, rng, report)
+        x = _refine(refiner, text_prompt, negative_prompt, o, x, end, rng, report)
         decoder = refiner
 
     with report.timed("decode"):
@@ -375,6 +379,8 @@ def run(model, prompt: str, negative_prompt: str, o: Options) -> Images:
     if o.clip_skip and o.clip_skip > 1:
         extra["Clip skip"] = o.clip_skip
     extra["RNG"] = o.rng
+    if active_loras:
+        extra["Lora hashes"] = hashes_field(active_loras)
     for i, img in enumerate(images):
         text = a1111_parameters(prompt, negative_prompt, steps=o.steps, sampler=o.sampler, schedule=o.schedule,
                                 guidance_scale=o.guidance_scale, seed=o.seed + i, width=o.width, height=o.height,

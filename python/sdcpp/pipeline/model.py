@@ -9,6 +9,7 @@ import time
 
 from .. import checks
 from .._native import core
+from ..lora.session import LoraSession
 from ..models.unet import UNet
 from ..models.vae import vae_graph
 from ..sampling import TrainSchedule
@@ -19,7 +20,8 @@ from .options import Options
 
 log = logging.getLogger("sdcpp")
 
-LOAD_OPTIONS = ("unet", "vae", "text_encoder", "text_encoder_2", "type", "unet_type", "te_type", "vae_type", "rules")
+LOAD_OPTIONS = ("unet", "vae", "text_encoder", "text_encoder_2", "type", "unet_type", "te_type", "vae_type", "rules",
+                "loras", "lora_mode")
 
 
 def _name(path) -> str:
@@ -43,10 +45,14 @@ class Model:
     ComfyUI's combined file), which then decodes and encodes. `preview=`: a VAE file (a TAESD) that decodes the
     per-step previews of `generate(preview=True)` and `preview_images`. `prediction`: override
     the detected "epsilon" / "v_prediction". `n_threads`: 0 = one per physical core. Calls from several threads are
-    serialised (one lock per Model); `cancel()` from any thread stops the running one."""
+    serialised (one lock per Model); `cancel()` from any thread stops the running one.
+    `loras=[("style.safetensors", 0.8), ...]`: LoRA / LyCORIS files (kohya, diffusers/PEFT, LoCon, LoHa, LoKr, DoRA);
+    `lora_mode`: "auto" (runtime for layers stored quantized, merged for float ones), "merge" (fixed strength,
+    free at run time) or "runtime" (strength per call, see generate(loras=)); `lora_dir`: where
+    `<lora:name:0.8>` prompt tags and generate(loras={name: ...}) find files by name (docs/lora.md)."""
 
     def __init__(self, path, *, device: str = "cpu", n_threads: int = 0, prediction: str | None = None,
-                 flash_attn: bool | None = None, progress=True, preview=None, **quant_request):
+                 flash_attn: bool | None = None, progress=True, preview=None, lora_dir=None, **quant_request):
         from ..api import load_weights
 
         unknown = set(quant_request) - set(LOAD_OPTIONS)
@@ -66,6 +72,7 @@ class Model:
         self.vae = vae_graph(self.weights, n_threads=n_threads, flash_attn=flash_attn)  # VAE or TinyVAE (TAESD)
         self.flash_attn = self.unet.flash_attn
         self.prompt_encoder = PromptEncoder(self.weights, n_threads=n_threads)
+        self.loras = LoraSession(self.weights, lora_dir, n_threads)
         self.vae_factor = self.weights.config.vae_factor
         self.train = TrainSchedule.sd()
         self.default_size = self.weights.config.default_size
@@ -86,6 +93,10 @@ class Model:
     @property
     def spec(self):
         return self.weights.spec
+
+    def lora_graphs(self) -> list:
+        """The graphs runtime LoRAs adapt: the UNet and the text encoders."""
+        return [self.unet._graph, *(e._graph for e in self.prompt_encoder.encoders)]
 
     def __repr__(self):
         s = self.spec
@@ -146,6 +157,9 @@ class Model:
             before the first step and after each one (info: step_time, latents, denoised, preview); returning False
             cancels as `cancel()` does: sdcpp.Cancelled (the model stays usable). Ctrl-C stops a running graph
             within ~0.1 s on the CPU (KeyboardInterrupt). extra: more fields for the PNG parameters text.
+        loras: {name or path: strength} for this call (runtime: any stored type, no reload; strength 0 turns a
+            loaded one off); `<lora:name:strength>` tags in the prompt do the same (names from lora_dir) and are
+            removed from the text before encoding. The PNG parameters record A1111's `Lora hashes`.
         """
         unknown = set(options) - Options.names()
         if unknown:
@@ -223,7 +237,7 @@ class Model:
 def generate(model_path, prompt: str, negative_prompt: str = "", **options):
     """Load `model_path` and generate once (see `Model` and `Model.generate` for the arguments)."""
     load = {k: options.pop(k) for k in list(options)
-            if k in (*LOAD_OPTIONS, "device", "n_threads", "prediction", "flash_attn")}
+            if k in (*LOAD_OPTIONS, "device", "n_threads", "prediction", "flash_attn", "lora_dir")}
     progress = options.get("progress", True)
     # A callback's signature is the generation's (step, total, info); loading gets a plain bar or none.
     load_progress = progress if isinstance(progress, bool) else False

@@ -62,6 +62,7 @@ class Options:
     progress: object = True
     preview: object = False  # per-step preview images for a progress callback: False, True or a TAESD file
     extra: dict = field(default_factory=dict)  # more A1111 "parameters" fields
+    loras: object = None  # this call's runtime LoRAs: {name or path: strength} (sdcpp.lora.session)
 
     @classmethod
     def names(cls) -> set[str]:

@@ -34,9 +34,30 @@ def _embeds_file(path) -> dict:
         return {k: data[k] for k in data.files}
 
 
+def _lora(text: str) -> tuple[str, float]:
+    """FILE or FILE:STRENGTH (the strength after the last ':', so Windows drive letters stay in the path)."""
+    path, sep, strength = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(strength)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def _add_lora_args(p: argparse.ArgumentParser, modes=True):
+    p.add_argument("--lora", action="append", default=[], type=_lora, metavar="FILE[:STRENGTH]",
+                   help="a LoRA / LyCORIS file (repeatable); strength default 1")
+    if modes:
+        p.add_argument("--lora-mode", default="auto", choices=["auto", "merge", "runtime"],
+                       help="merge into the weights at load, add in the graph at run time, or auto: run time for "
+                            "quantized layers, merged for float ones (docs/lora.md)")
+
+
 def _add_request_args(p: argparse.ArgumentParser):
     p.add_argument("model", nargs="+", help="checkpoint file(s) or diffusers folder; later ones override "
                                               "the components they hold")
+    _add_lora_args(p, modes=False)
     p.add_argument("--vae", help="a VAE file replacing the model's VAE")
     p.add_argument("--unet", help="a UNet file replacing the model's UNet")
     p.add_argument("--text-encoder", help="a CLIP-L (or SD2 OpenCLIP) text encoder file")
@@ -58,7 +79,7 @@ def _request(a) -> dict:
     model = a.model[0] if len(a.model) == 1 else a.model
     return dict(model=model, unet=a.unet, vae=a.vae, text_encoder=a.text_encoder, text_encoder_2=a.text_encoder_2,
                 prediction=a.prediction, type=a.type, unet_type=a.unet_type, te_type=a.te_type,
-                vae_type=a.vae_type, rules=a.rule or None, layout=a.layout)
+                vae_type=a.vae_type, rules=a.rule or None, layout=a.layout, loras=a.lora or None)
 
 
 def _add_generate_args(p: argparse.ArgumentParser):
@@ -110,6 +131,8 @@ def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("--vae-type")
     p.add_argument("--prediction", choices=["epsilon", "v_prediction"])
     p.add_argument("-t", "--threads", type=int, default=0)
+    _add_lora_args(p)
+    p.add_argument("--lora-dir", help="folder where <lora:name:strength> prompt tags find NAME.safetensors")
 
 
 def _generate(a) -> int:
@@ -121,14 +144,15 @@ def _generate(a) -> int:
 
     stem, ext = os.path.splitext(a.output)
     outputs = [a.output] if a.num_images == 1 else [f"{stem}-{i}{ext or '.png'}" for i in range(a.num_images)]
-    inputs = [p for p in (a.model, a.vae, a.init_image, a.mask, a.refiner, a.embeddings_dir, a.embeds) if p]
+    inputs = [p for p in (a.model, a.vae, a.init_image, a.mask, a.refiner, a.embeddings_dir, a.embeds, a.lora_dir,
+                          *(path for path, _ in a.lora)) if p]
     for path in outputs:  # before loading: a typo must not cost a load, or overwrite an input
         check_destination(path, inputs)
     load = dict(vae=a.vae, type=a.type, unet_type=a.unet_type, te_type=a.te_type, vae_type=a.vae_type)
     sizes = {k: getattr(a, k) for k in ("original_size", "target_size", "negative_original_size",
                                         "negative_target_size") if getattr(a, k) is not None}
-    model = Model(a.model, n_threads=a.threads, prediction=a.prediction,
-                  **{k: v for k, v in load.items() if v is not None})
+    model = Model(a.model, n_threads=a.threads, prediction=a.prediction, loras=a.lora or None,
+                  lora_mode=a.lora_mode, lora_dir=a.lora_dir, **{k: v for k, v in load.items() if v is not None})
     images = model.generate(a.prompt, a.negative_prompt, steps=a.steps, guidance_scale=a.cfg, sampler=a.sampler,
                             schedule=a.schedule, seed=a.seed, width=a.width, height=a.height,
                             num_images=a.num_images, rng=a.rng, start_noise=a.start_noise, clip_skip=a.clip_skip,

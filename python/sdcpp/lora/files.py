@@ -166,8 +166,14 @@ def module_table(shapes: dict[str, tuple[int, ...]], family: str | None) -> dict
             if ldm is not None:
                 add(KOHYA_UNET + ldm[:-len(".weight")].replace(".", "_"), name)
         else:
+            # with and without `text_model.`: transformers 5's CLIPTextModel names its layers without it
+            bare = module[len("text_model."):] if module.startswith("text_model.") else None
+            if bare:
+                add(f"{comp}.{bare}", name)
             for prefix in te_prefixes[comp]:
                 add(prefix + module.replace(".", "_"), name)
+                if bare:
+                    add(prefix + bare.replace(".", "_"), name)
     return table
 
 
@@ -252,13 +258,13 @@ def read_lora(path, shapes: dict[str, tuple[int, ...]], family: str | None) -> L
             raise ModelFormatError(path, f"modules '{by_target[target]}' and '{key}' both adapt '{target}'",
                                    tensor=next(iter(parts.values())).name, rule="lora-duplicate")
         by_target[target] = key
-        module = LoraModule(key, target, kind, parts)
-        check_module(path, module, shapes[target])
-        modules.append(module)
+        modules.append(LoraModule(key, target, kind, parts))
     if foreign:
         key, why = foreign[0]
         raise LoraMismatchError(path, f"this looks like {why}, not one for this {family or 'model'}; "
                                 f"{len(foreign)} modules fit no layer (first: '{key}')")
+    for module in modules:
+        check_module(path, module, shapes[module.target])
     if not modules:
         first = source.tensors[0].name if source.tensors else None
         raise LoraMismatchError(path, f"none of its {len(source.tensors)} tensors adapts a layer of this "

@@ -50,8 +50,8 @@ def _add_lora_args(p: argparse.ArgumentParser, modes=True):
                    help="a LoRA / LyCORIS file (repeatable); strength default 1")
     if modes:
         p.add_argument("--lora-mode", default="auto", choices=["auto", "merge", "runtime"],
-                       help="merge into the weights at load, add in the graph at run time, or auto: run time for "
-                            "quantized layers, merged for float ones (docs/lora.md)")
+                       help="merge into the weights at load, add in the graph at run time, or auto: run time for a "
+                            "LoRA on quantized layers, merged when they are all float (docs/lora.md)")
 
 
 def _add_request_args(p: argparse.ArgumentParser):
@@ -200,8 +200,8 @@ def _serve(a) -> int:
     token = a.token or os.environ.get("SDCPP_TOKEN") or None
     limits = Limits(max_size=a.max_size, max_steps=a.max_steps, max_images=a.max_images, max_queue=a.max_queue)
     load = dict(vae=a.vae, type=a.type)
-    model = Model(a.model, n_threads=a.threads, prediction=a.prediction,
-                  **{k: v for k, v in load.items() if v is not None})
+    model = Model(a.model, n_threads=a.threads, prediction=a.prediction, loras=a.lora or None,
+                  lora_mode=a.lora_mode, lora_dir=a.lora_dir, **{k: v for k, v in load.items() if v is not None})
     serve(model, path=a.model, host=a.host, port=a.port, token=token, limits=limits, rng=a.rng,
           log_level="info" if a.verbose else "warning")
     return 0
@@ -218,6 +218,8 @@ def _add_serve_args(p: argparse.ArgumentParser):
     p.add_argument("--prediction", choices=["epsilon", "v_prediction"])
     p.add_argument("--rng", default="philox", help="default noise: philox (A1111's GPU noise), cpu, numpy")
     p.add_argument("-t", "--threads", type=int, default=0)
+    _add_lora_args(p)
+    p.add_argument("--lora-dir", help="folder where <lora:name:strength> prompt tags find NAME.safetensors")
     p.add_argument("--max-size", type=int, default=2048, help="largest width or height accepted")
     p.add_argument("--max-steps", type=int, default=150)
     p.add_argument("--max-images", type=int, default=8, help="images per request (batch_size x n_iter, n)")

@@ -6,7 +6,9 @@ Two modes, chosen per adapted layer:
   runtime - the layer keeps its stored bytes and the graph adds scale * up (down x) (LoCon: convs; LoHa / LoKr /
             DoRA: a dense float32 dW), so strengths change per call and a quantized weight is not requantized
             (merging into q4_0 would round dW away into the 4-bit blocks: the "LoRA has no effect" failure).
-  auto    - (default) runtime for layers the plan stores quantized, merge for float layers (exact and free)."""
+  auto    - (default) runtime for a LoRA that adapts any layer the plan stores quantized, merge for one that adapts
+            float layers only (exact up to the stored type's rounding, and free). Decided per file, not per layer:
+            a LoRA half merged could not change its strength per call."""
 
 from __future__ import annotations
 
@@ -108,9 +110,10 @@ class LoraSet:
             item.file.close()
 
 
-def mode_of(mode: str, stored_type: str) -> str:
+def mode_of(mode: str, stored_types) -> str:
+    """The mode of a LoRA whose layers the plan stores in `stored_types`."""
     if mode == "auto":
-        return "runtime" if ggml_types.get(stored_type).is_quantized else "merge"
+        return "runtime" if any(ggml_types.get(t).is_quantized for t in stored_types) else "merge"
     return mode
 
 
@@ -123,8 +126,10 @@ def attach_loras(shapes: dict[str, tuple[int, ...]], family: str | None, types: 
         for path, strength in loras:
             f = read_lora(path, shapes, family)
             item = LoadedLora(f, strength)
-            for m in f.modules:
-                (item.merged if mode_of(mode, types[m.target]) == "merge" else item.runtime).append(m)
+            if mode_of(mode, {types[m.target] for m in f.modules}) == "merge":
+                item.merged = list(f.modules)
+            else:
+                item.runtime = list(f.modules)
             out.items.append(item)
     except BaseException:
         out.close()

@@ -47,8 +47,8 @@ class Model:
     the detected "epsilon" / "v_prediction". `n_threads`: 0 = one per physical core. Calls from several threads are
     serialised (one lock per Model); `cancel()` from any thread stops the running one.
     `loras=[("style.safetensors", 0.8), ...]`: LoRA / LyCORIS files (kohya, diffusers/PEFT, LoCon, LoHa, LoKr, DoRA);
-    `lora_mode`: "auto" (runtime for layers stored quantized, merged for float ones), "merge" (fixed strength,
-    free at run time) or "runtime" (strength per call, see generate(loras=)); `lora_dir`: where
+    `lora_mode`: "auto" (runtime for a LoRA on quantized layers, merged when all its layers are float), "merge"
+    (fixed strength, free at run time) or "runtime" (strength per call, see generate(loras=)); `lora_dir`: where
     `<lora:name:0.8>` prompt tags and generate(loras={name: ...}) find files by name (docs/lora.md)."""
 
     def __init__(self, path, *, device: str = "cpu", n_threads: int = 0, prediction: str | None = None,

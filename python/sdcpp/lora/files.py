@@ -96,14 +96,24 @@ class LoraFile:
     modules: list[LoraModule]
     unmatched: list[str]  # keys whose module is not a layer of this model (or whose part sdcpp does not take)
     metadata: dict = field(default_factory=dict)
+    format: str = "safetensors"  # or "ckpt"
     files: MappedFiles = field(default_factory=MappedFiles, repr=False)
     _sha256: str | None = field(default=None, repr=False)
 
     @property
     def sha256(self) -> str:
+        """A1111's LoRA hash: the `sshs_model_hash` its metadata records (kohya writes it), else the sha256 of a
+        .safetensors file's bytes after its header (kohya's / sd-webui-additional-networks' "addnet" hash, which
+        metadata edits leave unchanged), else of the whole file (.ckpt / .pt)."""
         if self._sha256 is None:
+            recorded = self.metadata.get("sshs_model_hash")
+            if isinstance(recorded, str) and recorded:
+                self._sha256 = recorded
+                return recorded
             h = hashlib.sha256()
             with open(self.path, "rb") as f:
+                if self.format == "safetensors":
+                    f.seek(8 + int.from_bytes(f.read(8), "little"))
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
             self._sha256 = h.hexdigest()
@@ -111,7 +121,7 @@ class LoraFile:
 
     @property
     def short_hash(self) -> str:
-        """A1111's `Lora hashes` value: the first 12 hex digits of the file's sha256."""
+        """A1111's `Lora hashes` value: the first 12 hex digits of `sha256`."""
         return self.sha256[:12]
 
     def targets(self) -> list[str]:
@@ -269,7 +279,8 @@ def read_lora(path, shapes: dict[str, tuple[int, ...]], family: str | None) -> L
         first = source.tensors[0].name if source.tensors else None
         raise LoraMismatchError(path, f"none of its {len(source.tensors)} tensors adapts a layer of this "
                                 f"{family or 'model'} (first: '{first}'): a LoRA for another model family?")
-    lora = LoraFile(path, os.path.splitext(os.path.basename(path))[0], modules, unmatched, source.metadata)
+    lora = LoraFile(path, os.path.splitext(os.path.basename(path))[0], modules, unmatched, source.metadata,
+                    source.format)
     for name in unmatched:
         log.warning("%s: LoRA tensor '%s' adapts no layer of this model; not applied", path, name)
     return lora

@@ -55,6 +55,7 @@ class RuntimeLora:
         self._modules = modules
         if self.dora:
             self._set_dora(strength)
+        lora.close()  # the store holds what the graphs read; DoRA re-reads (the maps reopen on use)
 
     def _set_dora(self, strength: float):
         if strength == self._dora_strength:
@@ -63,6 +64,7 @@ class RuntimeLora:
             w = self.weights.numpy(m.target)
             self.store.set(name, _mat(apply(self.lora, m, w, strength) - w))
         self._dora_strength = strength
+        self.lora.close()
 
     def graph_terms(self, strength: float) -> list:
         """set_lora() terms at `strength` (DoRA's dense terms are recomputed for it; their scale stays 1)."""

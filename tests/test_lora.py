@@ -340,6 +340,26 @@ def _lycoris_file(tmp_path, rng, name="ly.safetensors"):
                f"{k}.alpha": np.array(6.0, np.float32)})
     expect["unet.up_blocks.0.resnets.0.conv2.weight"] = 2.0 * np.einsum(
         "or,rchw->ochw", sd[f"{k}.lora_up.weight"][:, :, 0, 0], sd[f"{k}.lora_down.weight"])
+    # LoCon's CP form: down [r, C, 1, 1], mid [r, r, 3, 3], up [O, r, 1, 1]
+    k = "lora_unet_up_blocks_1_resnets_1_conv2"
+    sd.update({f"{k}.lora_down.weight": f(r, 32, 1, 1), f"{k}.lora_mid.weight": f(r, r, 3, 3),
+               f"{k}.lora_up.weight": f(32, r, 1, 1), f"{k}.alpha": np.array(1.0, np.float32)})
+    up, mid = sd[f"{k}.lora_up.weight"][:, :, 0, 0], sd[f"{k}.lora_mid.weight"]
+    dn = sd[f"{k}.lora_down.weight"][:, :, 0, 0]
+    cp = np.zeros((32, 32, 3, 3), np.float64)
+    for i in range(r):
+        for j in range(r):
+            cp += np.multiply.outer(np.multiply.outer(up[:, i], dn[j]), mid[i, j])
+    expect["unet.up_blocks.1.resnets.1.conv2.weight"] = cp / r
+    # a full difference on a text-encoder projection
+    k = "lora_te_text_model_encoder_layers_1_self_attn_out_proj"
+    sd[f"{k}.diff"] = f(64, 64)
+    expect["text_encoder.text_model.encoder.layers.1.self_attn.out_proj.weight"] = sd[f"{k}.diff"]
+    # diffusers' attention-processor spelling (before PEFT), to_out_lora -> to_out.0
+    k = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora"
+    sd.update({f"{k}.down.weight": f(r, 64), f"{k}.up.weight": f(64, r)})
+    expect["unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0.weight"] = (
+        sd[f"{k}.up.weight"] @ sd[f"{k}.down.weight"])
     path = tmp_path / name
     save_file(sd, str(path))
     return path, expect
@@ -409,6 +429,24 @@ def test_dora_against_numpy_and_runtime_strengths(fixtures_dir, tmp_path):
         _close(_ours(m, inputs), ref, f"dora runtime {strength}")
 
 
+def test_peft_dora_against_numpy(fixtures_dir, tmp_path):
+    """PEFT's DoRA (lora_magnitude_vector): W' = m (W + s dW) / ||W + s dW|| per output row."""
+    src = fixtures_dir / "sd1" / "single.safetensors"
+    rng = np.random.default_rng(6)
+    name = "unet.up_blocks.1.attentions.1.transformer_blocks.0.ff.net.2.weight"  # 32 <- 128
+    k = name[:-len(".weight")]
+    a, b = (rng.standard_normal((4, 128)) * 0.1).astype(np.float32), (rng.standard_normal((32, 4)) * 0.1).astype(
+        np.float32)
+    mag = rng.uniform(0.5, 2.0, 32).astype(np.float32)
+    path = tmp_path / "peft_dora.safetensors"
+    save_file({f"{k}.lora_A.weight": a, f"{k}.lora_B.weight": b, f"{k}.lora_magnitude_vector": mag}, str(path))
+    w = sdcpp.load_weights(src, progress=False).numpy(name).astype(np.float64)
+    adapted = w + 0.7 * (b.astype(np.float64) @ a)
+    want = mag[:, None] * adapted / np.sqrt((adapted ** 2).sum(axis=1, keepdims=True))
+    got = sdcpp.load_weights(src, progress=False, loras=[(path, 0.7)], lora_mode="merge").numpy(name)
+    assert np.abs(got - want).max() < 1e-5
+
+
 # --- modes, types and bytes --------------------------------------------------------------------------------------
 
 def test_merged_then_quantized_bytes_equal_quantize_of_premerged(fixtures_dir, tmp_path):
@@ -461,6 +499,19 @@ def test_runtime_on_quantized_is_dequantized_plus_delta(fixtures_dir, tmp_path):
     requantized = UNet(sdcpp.load_weights(q4, progress=False, type="q4_0", loras=[(lora, 0.8)], lora_mode="merge"),
                        n_threads=THREADS, f32_matmul_min_cols=1).predict(**inputs)
     assert rel_l2(requantized, ref) > 10 * rel_l2(ours, ref)
+
+
+def test_runtime_images_identical_from_every_route_to_the_stored_type(fixtures_dir, tmp_path):
+    """Runtime LoRAs read the stored weights as they are: q8_0 quantized on load or read from quantize()'s GGUF
+    give identical images with the same LoRA."""
+    src = fixtures_dir / "sd1" / "single.safetensors"
+    lora = peft_file(fixtures_dir, "sd1", tmp_path / "l.safetensors")
+    gguf = tmp_path / "q8.gguf"
+    sdcpp.quantize(src, gguf, type="q8_0", progress=False)
+    kw = dict(steps=2, width=64, height=64, seed=5, progress=False, loras={str(lora): 0.9})
+    a = sdcpp.Model(src, type="q8_0", n_threads=THREADS, progress=False).generate("a cat", **kw)
+    b = sdcpp.Model(gguf, n_threads=THREADS, progress=False).generate("a cat", **kw)
+    assert np.array_equal(a.arrays, b.arrays)
 
 
 def test_runtime_equals_merge_on_f32_and_f16_and_strength_zero(fixtures_dir, tmp_path):

@@ -355,6 +355,11 @@ def _lycoris_file(tmp_path, rng, name="ly.safetensors"):
     k = "lora_te_text_model_encoder_layers_1_self_attn_out_proj"
     sd[f"{k}.diff"] = f(64, 64)
     expect["text_encoder.text_model.encoder.layers.1.self_attn.out_proj.weight"] = sd[f"{k}.diff"]
+    # ComfyUI's spelling: dotted LDM names (output_blocks.4.1 is up_blocks.1.attentions.1 in this 2-level UNet)
+    k = "diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.to_q"
+    sd.update({f"{k}.lora_down.weight": f(r, 32), f"{k}.lora_up.weight": f(32, r)})
+    expect["unet.up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_q.weight"] = (
+        sd[f"{k}.lora_up.weight"] @ sd[f"{k}.lora_down.weight"])
     # diffusers' attention-processor spelling (before PEFT), to_out_lora -> to_out.0
     k = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora"
     sd.update({f"{k}.down.weight": f(r, 64), f"{k}.up.weight": f(64, r)})
@@ -527,6 +532,13 @@ def test_runtime_equals_merge_on_f32_and_f16_and_strength_zero(fixtures_dir, tmp
         m.loras.activate(m.lora_graphs())
         err = rel_l2(_ours(m, inputs), merged)
         assert err < bound, (typ, err)
+        # products in f32 (the CPU default for wide products): the terms are folded into the f32 weight copy
+        folded = UNet(m.weights, n_threads=THREADS, f32_matmul_min_cols=1)
+        folded._graph.set_lora(m.loras.runtime[str(lora)].graph_terms(0.8))
+        f32_merged = UNet(sdcpp.load_weights(src, progress=False, type=typ, loras=[(lora, 0.8)], lora_mode="merge"),
+                          n_threads=THREADS, f32_matmul_min_cols=1).predict(**inputs)
+        err = rel_l2(folded.predict(**inputs), f32_merged)
+        assert err < bound, (typ, "folded", err)
         m.loras.activate(m.lora_graphs(), {"l": 0.0})
         plain = _ours(sdcpp.load_weights(src, progress=False, type=typ), inputs)
         assert np.array_equal(_ours(m, inputs), plain)

@@ -183,11 +183,47 @@ ggml_tensor* linear_w(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std:
     return product(g, w, x, prefix, "linear.matmul");
 }
 
+// Runtime LoRA terms folded into the weight: a wide product converts its weight to f32 anyway (matmul_weight), and
+// adding sum(scale * up down) to that copy costs in*out*rank multiply-adds once per pass, against rank*(in+out) per
+// activation column for the separate products (a 3x3 LoCon's down kernel would also redo the layer's im2col). Only
+// where that is cheaper; nullptr otherwise (the caller then adds the terms' own products). The stored bytes are
+// never touched: the sum lives in the compute buffer.
+ggml_tensor* folded_weight(const Graph& g, ggml_tensor* w, const std::vector<LoraTerm>& terms, int64_t cols) {
+    if (!g.wide(cols)) {
+        return nullptr;
+    }
+    const double in = static_cast<double>(w->ne[0]), out = static_cast<double>(w->ne[1]);
+    double fold = 0.0, apart = 0.0;
+    for (const LoraTerm& t : terms) {
+        const double r = t.up == nullptr ? 0.0 : static_cast<double>(t.down->ne[1]);
+        fold += t.up == nullptr ? in * out : in * out * r;
+        apart += (t.up == nullptr ? in * out : r * (in + out)) * static_cast<double>(cols);
+    }
+    if (fold >= apart) {
+        return nullptr;
+    }
+    ggml_tensor* wf = w->type == GGML_TYPE_F32 ? w : named(ggml_cast(g.ctx, w, GGML_TYPE_F32), "weight.to_f32");
+    for (const LoraTerm& t : terms) {
+        ggml_tensor* d = t.down;  // dense: [in, out] already
+        if (t.up != nullptr) {    // [in, r] x [r, out] -> [in, out], the weight's own layout
+            d = named(ggml_mul_mat(g.ctx, ggml_cont(g.ctx, ggml_transpose(g.ctx, t.down)), t.up), "lora.fold");
+        }
+        wf = named(ggml_add(g.ctx, wf, ggml_scale(g.ctx, d, t.scale)), "lora.fold");
+    }
+    return wf;
+}
+
 }  // namespace
 
 ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
-    ggml_tensor* y = linear_w(g, x, g.w(prefix + ".weight"), prefix);
+    ggml_tensor* w = g.w(prefix + ".weight");
     const std::vector<LoraTerm>* terms = g.runner.lora(prefix);
+    if (terms != nullptr && w->ne[0] == x->ne[0]) {
+        if (ggml_tensor* wf = folded_weight(g, w, *terms, ggml_nelements(x) / x->ne[0])) {
+            return linear_w(g, x, wf, prefix);
+        }
+    }
+    ggml_tensor* y = linear_w(g, x, w, prefix);
     if (terms == nullptr) {
         return y;
     }
@@ -292,8 +328,18 @@ ggml_tensor* conv2d_w(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std:
 }  // namespace
 
 ggml_tensor* conv2d(const Graph& g, ggml_tensor* x, const std::string& prefix, int stride, int pad) {
-    ggml_tensor* y = conv2d_w(g, x, g.w(prefix + ".weight"), prefix, stride, pad);
+    ggml_tensor* w = g.w(prefix + ".weight");
     const std::vector<LoraTerm>* terms = g.runner.lora(prefix);
+    const int64_t C = x->ne[2];
+    if (terms != nullptr && w->ne[0] % C == 0) {
+        const int k = static_cast<int>(std::lround(std::sqrt(static_cast<double>(w->ne[0] / C))));
+        const int p = pad < 0 ? k / 2 : pad;
+        const int64_t OW = (x->ne[0] + 2 * p - k) / stride + 1, OH = (x->ne[1] + 2 * p - k) / stride + 1;
+        if (ggml_tensor* wf = OW > 0 && OH > 0 ? folded_weight(g, w, *terms, OW * OH * x->ne[3]) : nullptr) {
+            return conv2d_w(g, x, wf, prefix, stride, pad);
+        }
+    }
+    ggml_tensor* y = conv2d_w(g, x, w, prefix, stride, pad);
     if (terms == nullptr) {
         return y;
     }

@@ -7,7 +7,8 @@ canonical names of the model being loaded (names/ is the only naming authority):
     UNet modules in diffusers names (kohya's SD1/SD2) or in the original LDM / SGM names (kohya's SDXL), which
     names.original derives from the canonical ones;
   - diffusers / PEFT: `unet.` / `text_encoder.` / `text_encoder_2.` + the canonical module name (also diffusers'
-    older attention-processor spelling `….processor.to_q_lora.down.weight`).
+    older attention-processor spelling `….processor.to_q_lora.down.weight`); ComfyUI's `diffusion_model.` + the
+    dotted LDM name.
 Parts: `lora_down` / `lora_up` (+ `lora_mid`, LoCon's CP form), `lora_A` / `lora_B`, `lora.down` / `lora.up`,
 `alpha`, `dora_scale` (kohya/LyCORIS DoRA), `lora_magnitude_vector` (PEFT DoRA), LoHa `hada_w{1,2}_{a,b}`, LoKr
 `lokr_w1`, `lokr_w2` and their `_a` / `_b` factors, `diff` (a full weight difference)."""
@@ -174,7 +175,9 @@ def module_table(shapes: dict[str, tuple[int, ...]], family: str | None) -> dict
             add(KOHYA_UNET + module.replace(".", "_"), name)
             ldm = unet_name(inner, *layout) if layout else None
             if ldm is not None:
-                add(KOHYA_UNET + ldm[:-len(".weight")].replace(".", "_"), name)
+                ldm_module = ldm[:-len(".weight")]
+                add(KOHYA_UNET + ldm_module.replace(".", "_"), name)
+                add(f"diffusion_model.{ldm_module}", name)  # ComfyUI's saved LoRAs: dotted LDM names
         else:
             # with and without `text_model.`: transformers 5's CLIPTextModel names its layers without it
             bare = module[len("text_model."):] if module.startswith("text_model.") else None

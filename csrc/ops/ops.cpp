@@ -183,11 +183,12 @@ ggml_tensor* linear_w(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std:
     return product(g, w, x, prefix, "linear.matmul");
 }
 
-// Runtime LoRA terms folded into the weight: a wide product converts its weight to f32 anyway (matmul_weight), and
-// adding sum(scale * up down) to that copy costs in*out*rank multiply-adds once per pass, against rank*(in+out) per
-// activation column for the separate products (a 3x3 LoCon's down kernel would also redo the layer's im2col). Only
-// where that is cheaper; nullptr otherwise (the caller then adds the terms' own products). The stored bytes are
-// never touched: the sum lives in the compute buffer.
+// Runtime LoRA terms of a conv folded into its weight: a wide product converts its weight to f32 anyway
+// (matmul_weight), and adding sum(scale * up down) to that copy costs in*out*rank multiply-adds once per pass, against
+// rank*(in+out) per output pixel for the separate convs, which also redo the layer's im2col or tap products
+// (bench_lora.py --conv, q8_0: 13.7% per step with separate convs, 9.2% folded). Only where that is cheaper; nullptr
+// otherwise (the caller then adds the terms' own products). The stored bytes are never touched: the sum lives in the
+// compute buffer.
 ggml_tensor* folded_weight(const Graph& g, ggml_tensor* w, const std::vector<LoraTerm>& terms, int64_t cols) {
     if (!g.wide(cols)) {
         return nullptr;
@@ -216,14 +217,10 @@ ggml_tensor* folded_weight(const Graph& g, ggml_tensor* w, const std::vector<Lor
 }  // namespace
 
 ggml_tensor* linear(const Graph& g, ggml_tensor* x, const std::string& prefix) {
-    ggml_tensor* w = g.w(prefix + ".weight");
+    // Linear layers keep their terms as separate products even where folded_weight() would take them: the thin
+    // products cost little next to the weight-sized add (bench_lora.py: 4.2-4.8% per step unfolded, 4.5-5.1% folded).
+    ggml_tensor* y = linear_w(g, x, g.w(prefix + ".weight"), prefix);
     const std::vector<LoraTerm>* terms = g.runner.lora(prefix);
-    if (terms != nullptr && w->ne[0] == x->ne[0]) {
-        if (ggml_tensor* wf = folded_weight(g, w, *terms, ggml_nelements(x) / x->ne[0])) {
-            return linear_w(g, x, wf, prefix);
-        }
-    }
-    ggml_tensor* y = linear_w(g, x, w, prefix);
     if (terms == nullptr) {
         return y;
     }

@@ -94,6 +94,8 @@ def main():
                     help="sdcpp f32_matmul_min_cols values (-1: default, 0: stored types only)")
     ap.add_argument("--blas", type=int, nargs="+", default=[1], choices=[0, 1],
                     help="wide f32 products on OpenBLAS (1, when scipy-openblas32 is installed) or ggml (0)")
+    ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"],
+                    help="sdcpp product precision (bf16: AMX where the CPU has it)")
     ap.add_argument("--profile", action="store_true", help="per-op split of one sdcpp run per type")
     args = ap.parse_args()
 
@@ -107,10 +109,12 @@ def main():
         t0 = time.perf_counter()
         weights = sdcpp.load_weights(args.dir, unet_type=t, n_threads=args.threads, progress=False)
         print(f"sdcpp {t}: loaded {weights.nbytes / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s", flush=True)
-        for flash, cols, blas in itertools.product(args.flash_attn, args.f32_min_cols, args.blas):
-            unet = UNet(weights, n_threads=args.threads, flash_attn=bool(flash), f32_matmul_min_cols=cols)
+        for flash, cols, blas, prec in itertools.product(args.flash_attn, args.f32_min_cols, args.blas,
+                                                         args.precision):
+            unet = UNet(weights, n_threads=args.threads, flash_attn=bool(flash), f32_matmul_min_cols=cols,
+                        precision=prec)
             label = (f"sdcpp {t}" + ("" if flash else " noflash") + ("" if cols == -1 else f" cols{cols}")
-                     + ("" if blas else " noblas"))
+                     + ("" if blas else " noblas") + ("" if prec == "f32" else f" {prec}"))
 
             def run(size, u=unet, blas=blas):
                 core().set_blas_enabled(bool(blas))  # the graph is rebuilt per call, so this takes effect now

@@ -17,6 +17,7 @@
 #include "pybuffer.hpp"
 #include "types.hpp"
 #include "models/register.hpp"
+#include "runtime/amx.hpp"
 #include "runtime/blas.hpp"
 #include "runtime/cancel.hpp"
 #include "runtime/graph_runner.hpp"
@@ -145,6 +146,31 @@ double py_bench(const std::string& type, int64_t M, int64_t N, int64_t K, int it
     return bench_mul_mat(t, M, N, K, iters, n_threads, repack);
 }
 
+// a [M, K] @ b [K, N] (b [N, K] when trans_b) on the AMX kernel, f32 out; for tests and benchmarks.
+py::array_t<float> py_amx_gemm(py::array_t<float, py::array::c_style | py::array::forcecast> a,
+                               py::array_t<float, py::array::c_style | py::array::forcecast> b, bool trans_b) {
+    if (!amx::available()) {
+        throw std::runtime_error("AMX is not available: " + amx::unavailable_reason());
+    }
+    if (a.ndim() != 2 || b.ndim() != 2) {
+        throw std::invalid_argument("amx_gemm takes two matrices");
+    }
+    const int64_t M = a.shape(0), K = a.shape(1);
+    const int64_t N = trans_b ? b.shape(0) : b.shape(1);
+    if ((trans_b ? b.shape(1) : b.shape(0)) != K) {
+        throw std::invalid_argument("amx_gemm: inner dimensions differ");
+    }
+    py::array_t<float> c({M, N});
+    const float* pa = a.data();
+    const float* pb = b.data();
+    float* pc = c.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        amx::gemm(trans_b, M, N, K, 1.0f, pa, K, pb, trans_b ? K : N, 0.0f, pc, N);
+    }
+    return c;
+}
+
 void bind_weight_store(py::module_& m) {
     py::class_<WeightStore>(m, "WeightStore",
                             "Named ggml tensors in one backend buffer: add() all, allocate(), then set()/get().")
@@ -231,6 +257,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("blas_library", &blas::library, "Path of the OpenBLAS in use, or '' when products stay on ggml.");
     m.def("set_blas_enabled", &blas::set_enabled, py::arg("on"), "Route wide f32 products to OpenBLAS (default on).");
     m.def("blas_enabled", &blas::enabled);
+    m.def("amx_available", &amx::available, "AMX bf16 products can run here (precision='bf16' uses them).");
+    m.def("amx_unavailable_reason", &amx::unavailable_reason);
+    m.def("amx_gemm", &py_amx_gemm, py::arg("a"), py::arg("b"), py::arg("trans_b") = false,
+          "a @ b (or a @ b.T) of float32 matrices on one thread's AMX bf16 kernel (for tests and benchmarks).");
     bind_weight_store(m);
 
     register_models(m);  // graph bindings live next to each model (csrc/models/)

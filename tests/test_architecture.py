@@ -134,7 +134,7 @@ def test_every_model_value_reaches_the_graphs_from_the_config(fixtures_dir):
     u, v, t = w.config.unet, w.config.vae, w.config.text_encoders["text_encoder"]
     assert (u.groups, u.norm_eps, u.transformer_group_norm_eps, u.transformer_layer_norm_eps) == (32, 1e-5, 1e-6, 1e-5)
     assert (v.groups, v.norm_eps, t.layer_norm_eps) == (32, 1e-6, 1e-5)
-    kernels = dict(flash_attn=False, max_im2col_mib=0.0, f32_matmul_min_cols=0, n_threads=1)
+    kernels = dict(flash_attn=False, max_im2col_mib=0.0, f32_matmul_min_cols=0, precision="f32", n_threads=1)
     c = core()
     with pytest.raises(TypeError):
         c.UNet(w._store, list(u.heads))
@@ -180,7 +180,8 @@ def test_every_model_value_reaches_the_graphs_from_the_config(fixtures_dir):
 
     def clip(eps, act=t.activation):
         return c.ClipTextModel(w._store, "text_encoder.", n_layers=t.arch.n_layers, n_heads=t.heads, hidden_act=act,
-                               layer_norm_eps=eps, flash_attn=False, f32_matmul_min_cols=0, n_threads=1)
+                               layer_norm_eps=eps, flash_attn=False, f32_matmul_min_cols=0, precision="f32",
+                               n_threads=1)
 
     assert np.array_equal(clip(t.layer_norm_eps).compute(ids, eos, t.arch.n_layers)["hidden"], want)
     assert not np.array_equal(clip(10 * t.layer_norm_eps).compute(ids, eos, t.arch.n_layers)["hidden"], want)

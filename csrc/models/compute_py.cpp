@@ -139,14 +139,19 @@ void run_pass(GraphModel& model, const std::function<void()>& work) {
     }
 }
 
-ops::Options kernel_options(bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols) {
+ops::Options kernel_options(bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols,
+                            const std::string& precision) {
     if (!(max_im2col_mib >= 0.0)) {
         throw py::value_error("a memory budget in MiB must be >= 0");
+    }
+    if (precision != "f32" && precision != "bf16") {
+        throw py::value_error("precision must be 'f32' or 'bf16', got '" + precision + "'");
     }
     ops::Options opt;
     opt.flash_attn = flash_attn;
     opt.max_im2col_bytes = static_cast<size_t>(max_im2col_mib * 1048576.0);
     opt.f32_matmul_min_cols = f32_matmul_min_cols;
+    opt.bf16 = precision == "bf16";
     return opt;
 }
 

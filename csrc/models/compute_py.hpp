@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 #include <pybind11/pybind11.h>
 
@@ -22,7 +23,9 @@ void run_pass(GraphModel& model, const std::function<void()>& work);
 
 // The kernel options every model binding takes, all given by its Python wrapper (which documents their defaults).
 // max_im2col_mib: a memory budget in MiB (0 = unlimited).
-ops::Options kernel_options(bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols);
+// precision: "f32" or "bf16" (ops::Options::bf16).
+ops::Options kernel_options(bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols,
+                            const std::string& precision);
 
 // sdcpp._core.CancelToken.
 void register_cancel_token(pybind11::module_& m);

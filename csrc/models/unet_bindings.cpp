@@ -55,7 +55,8 @@ void register_unet(py::module_& m) {
     cls.def(py::init([](WeightStore& store, const std::vector<int>& heads, int groups, float norm_eps,
                          float transformer_group_norm_eps, float transformer_layer_norm_eps,
                          int addition_time_embed_dim, bool flash_attn, double max_im2col_mib,
-                         int64_t f32_matmul_min_cols, int n_threads) {
+                         int64_t f32_matmul_min_cols,
+                         const std::string& precision, int n_threads) {
                  UnetConfig cfg;
                  cfg.heads = heads;
                  cfg.groups = groups;
@@ -63,14 +64,14 @@ void register_unet(py::module_& m) {
                  cfg.transformer_gn_eps = transformer_group_norm_eps;
                  cfg.layer_norm_eps = transformer_layer_norm_eps;
                  cfg.addition_time_embed_dim = addition_time_embed_dim;
-                 cfg.ops = kernel_options(flash_attn, max_im2col_mib, f32_matmul_min_cols);
+                 cfg.ops = kernel_options(flash_attn, max_im2col_mib, f32_matmul_min_cols, precision);
                  return new Unet(store, cfg, n_threads);
              }),
              // No defaults: sdcpp.models.unet.UNet passes every value (sdcpp.config holds the model's).
              py::arg("store"), py::arg("heads"), py::arg("groups"), py::arg("norm_eps"),
              py::arg("transformer_group_norm_eps"), py::arg("transformer_layer_norm_eps"),
              py::arg("addition_time_embed_dim"), py::arg("flash_attn"), py::arg("max_im2col_mib"),
-             py::arg("f32_matmul_min_cols"), py::arg("n_threads"), py::keep_alive<1, 2>())
+             py::arg("f32_matmul_min_cols"), py::arg("precision"), py::arg("n_threads"), py::keep_alive<1, 2>())
         .def(
             "predict",
             [](Unet& unet, const FloatArray& latents, const FloatArray& timesteps, const FloatArray& context,

@@ -13,16 +13,17 @@ namespace sdcpp {
 void register_vae(py::module_& m) {
     py::class_<Vae> cls(m, "VAE", "AutoencoderKL encoder/decoder graphs over the vae.* weights of a WeightStore.");
     cls.def(py::init([](WeightStore& store, int groups, float norm_eps, bool flash_attn, double max_im2col_mib,
-                         int64_t f32_matmul_min_cols, int n_threads) {
+                         int64_t f32_matmul_min_cols,
+                         const std::string& precision, int n_threads) {
                  VaeConfig cfg;
                  cfg.groups = groups;
                  cfg.eps = norm_eps;
-                 cfg.ops = kernel_options(flash_attn, max_im2col_mib, f32_matmul_min_cols);
+                 cfg.ops = kernel_options(flash_attn, max_im2col_mib, f32_matmul_min_cols, precision);
                  return new Vae(store, cfg, n_threads);
              }),
              // No defaults: sdcpp.models.vae.VAE passes every value (sdcpp.config holds the model's).
              py::arg("store"), py::arg("groups"), py::arg("norm_eps"), py::arg("flash_attn"),
-             py::arg("max_im2col_mib"), py::arg("f32_matmul_min_cols"), py::arg("n_threads"),
+             py::arg("max_im2col_mib"), py::arg("f32_matmul_min_cols"), py::arg("precision"), py::arg("n_threads"),
              py::keep_alive<1, 2>())
         .def(
             "decode",

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "runtime/amx.hpp"
 #include "runtime/blas.hpp"
 #include "runtime/cpu_ops.hpp"
 
@@ -40,6 +41,9 @@ ggml_tensor* matmul_weight(const Graph& g, ggml_tensor* w, int64_t cols) {
     if (w->type == GGML_TYPE_F32 || !g.wide(cols)) {
         return w;
     }
+    if (w->type == GGML_TYPE_F16 && g.bf16() && ggml_is_contiguous(w)) {
+        return w;  // product() packs it for AMX straight from f16
+    }
     return named(ggml_cast(g.ctx, w, GGML_TYPE_F32), "weight.to_f32");
 }
 
@@ -61,10 +65,16 @@ ggml_tensor* fusable_bias(const Graph& g, const std::string& prefix, int64_t n) 
 // w x + `prefix`.bias (when present), for a weight from matmul_weight(): wide f32 products go to OpenBLAS's sgemm
 // when it is loaded (CPU only), with the bias fused; the rest to ggml_mul_mat and an add.
 ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const std::string& prefix, const char* name) {
+    if (g.wide(ggml_nelements(x) / x->ne[0]) && g.bf16() &&
+        (w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16) && ggml_is_contiguous(w) && ggml_is_contiguous(x)) {
+        ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
+        ggml_tensor* y = named(blas::mul_mat_bf16(g.ctx, w, x, bias, g.cancel()), name);
+        return bias != nullptr ? y : add_bias(g, y, prefix);
+    }
     if (g.wide(ggml_nelements(x) / x->ne[0]) && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) &&
         ggml_is_contiguous(x) && g.use_blas()) {
         ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
-        ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias, g.cancel()), name);
+        ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias, g.cancel(), g.bf16()), name);
         return bias != nullptr ? y : add_bias(g, y, prefix);
     }
     return add_bias(g, named(ggml_mul_mat(g.ctx, w, x), name), prefix);
@@ -118,7 +128,7 @@ ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const 
     ggml_tensor* taps = named(ggml_cast(g.ctx, by_tap, GGML_TYPE_F32), "weight.to_taps");
     ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 2, 0, 0, 0, 0), "conv.pad");
     ggml_tensor* bias = fusable_bias(g, prefix, OC);
-    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps, bias, g.cancel()), "conv.matmul");
+    ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps, bias, g.cancel(), g.bf16()), "conv.matmul");
     if (bias != nullptr || !g.has(prefix + ".bias")) {
         return y;
     }
@@ -161,7 +171,9 @@ Graph Graph::begin(GraphRunner& runner, const Options& opt, size_t max_nodes) {
 
 bool Graph::cpu() const { return runner.weights().is_cpu(); }
 
-bool Graph::use_blas() const { return blas::enabled() && cpu(); }
+bool Graph::use_blas() const { return (blas::enabled() || bf16()) && cpu(); }
+
+bool Graph::bf16() const { return opt.bf16 && amx::available() && cpu(); }
 
 int64_t Graph::ne(const std::string& name, int dim) const {
     return runner.weights().tensor(name)->ne[dim];
@@ -490,7 +502,7 @@ ggml_tensor* attention(const Graph& g, ggml_tensor* q, ggml_tensor* k, ggml_tens
     if (mask == Mask::None && g.use_blas() && q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 &&
         v->type == GGML_TYPE_F32) {
         return named(blas::attention(g.ctx, contiguous(g.ctx, q), contiguous(g.ctx, k), contiguous(g.ctx, v), heads,
-                                     g.cancel()),
+                                     g.cancel(), g.bf16()),
                      "attn.blas");
     }
     if (g.opt.flash_attn) {

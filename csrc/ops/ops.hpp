@@ -29,6 +29,10 @@ struct Options {
     // Matrix products with at least this many activation columns (tokens x batch) first convert a non-f32 weight
     // to f32 in the compute buffer (0: never; < 0: the backend's default, see Graph::begin).
     int64_t f32_matmul_min_cols = 0;
+    // precision="bf16": the wide products, 3x3 convs and attention products of the CPU's custom ops round their
+    // operands to bf16 and run on AMX (runtime/amx.hpp), where the CPU has it; norms, softmax, the timestep
+    // embedding and every accumulation stay f32. Without AMX this changes nothing.
+    bool bf16 = false;
 };
 
 // One graph under construction: where weights come from, the options every primitive shares, and the kernel
@@ -57,8 +61,11 @@ struct Graph {
     bool cpu() const;
     // A product over `cols` activation columns takes an f32 weight (and OpenBLAS, when use_blas()).
     bool wide(int64_t cols) const { return opt.f32_matmul_min_cols > 0 && cols >= opt.f32_matmul_min_cols; }
-    // OpenBLAS is loaded and enabled (runtime/blas.hpp) and the graph runs on the CPU.
+    // The CPU's custom product ops can run: the graph runs on the CPU and has a kernel for them (OpenBLAS loaded
+    // and enabled, runtime/blas.hpp, or AMX with bf16()).
     bool use_blas() const;
+    // Products run in bf16 on AMX (opt.bf16 and the CPU can).
+    bool bf16() const;
 
     // The token sdcpp's custom ops in this graph poll (the runner's).
     const CancelToken* cancel() const { return runner.cancel_token().get(); }

@@ -1,5 +1,7 @@
 #include "runtime/blas.hpp"
 
+#include "runtime/amx.hpp"
+
 #ifndef _WIN32
 #include <dlfcn.h>
 #endif
@@ -26,6 +28,24 @@ std::mutex load_mutex;
 std::atomic<sgemm_fn> sgemm{nullptr};
 std::atomic<bool> use{true};
 std::string loaded_path;
+
+// One row-major product C = alpha op(A) op(B) + beta C (A never transposed) on the op's kernel: OpenBLAS's f32
+// sgemm, or the AMX bf16 kernel when the graph asked for bf16 (runtime/amx.hpp).
+void product(bool bf16, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+             const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    if (bf16) {
+        amx::gemm(trans_b == kTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    sgemm.load()(kRowMajor, kNoTrans, trans_b, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A,
+                 static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
+}
+
+// The parameters of a product or conv op: the token to poll and the kernel.
+struct OpArgs {
+    const CancelToken* cancel;
+    bool bf16;
+};
 
 // Softmax numerators of one row of scores, in place: exp(s - max(s)); returns their sum. Written as loops the
 // compiler vectorizes (CMakeLists gives this file -fno-math-errno -fno-trapping-math -ffinite-math-only; one clone
@@ -95,6 +115,7 @@ int64_t query_block(int64_t Tq, int64_t Tk) {
 struct AttentionArgs {
     const CancelToken* cancel;
     int64_t heads;
+    bool bf16;
 };
 
 void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
@@ -108,7 +129,6 @@ void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     thread_local std::vector<float> scores;
     scores.resize(static_cast<size_t>(rows * Tk));
-    const sgemm_fn gemm = sgemm.load();
     for (int64_t task = ith; task < N * heads * blocks; task += nth) {
         if (stop_requested(args->cancel)) {  // a task: two sgemm of at most 2^18 scores x the head width
             return;
@@ -119,15 +139,13 @@ void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
         const float* kp = static_cast<const float*>(k->data) + n * Tk * C + h * D;
         const float* vp = static_cast<const float*>(v->data) + n * Tk * C + h * D;
         float* op = static_cast<float*>(dst->data) + (n * Tq + q0) * C + h * D;
-        gemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(Tk), static_cast<int>(D), scale, qp,
-             static_cast<int>(C), kp, static_cast<int>(C), 0.0f, scores.data(), static_cast<int>(Tk));
+        product(args->bf16, kTrans, m, Tk, D, scale, qp, C, kp, C, 0.0f, scores.data(), Tk);
         float sums[512];
         for (int64_t r = 0; r < m; r++) {
             float* s = scores.data() + r * Tk;
             sums[r] = softmax_numerators(s, Tk);
         }
-        gemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(m), static_cast<int>(D), static_cast<int>(Tk), 1.0f,
-             scores.data(), static_cast<int>(Tk), vp, static_cast<int>(C), 0.0f, op, static_cast<int>(C));
+        product(args->bf16, kNoTrans, m, D, Tk, 1.0f, scores.data(), Tk, vp, C, 0.0f, op, C);
         for (int64_t r = 0; r < m; r++) {
             const float inv = 1.0f / sums[r];
             for (int64_t d = 0; d < D; d++) {
@@ -141,7 +159,8 @@ void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
 void rows_product(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
-    const auto* cancel = static_cast<const CancelToken*>(userdata);
+    const auto* args = static_cast<const OpArgs*>(userdata);
+    const CancelToken* cancel = args->cancel;
     const int64_t K = w->ne[0], M = w->ne[1], R = ggml_nelements(x) / K;
     // Blocks of 16 rows keep each thread's sgemm on whole register tiles.
     const int64_t per = ((R + nth - 1) / nth + 15) & ~int64_t(15);
@@ -171,14 +190,70 @@ void rows_product(ggml_tensor* dst, int ith, int nth, void* userdata) {
                 std::copy(b + m0, b + m0 + nm, y + r * M);
             }
         }
-        sgemm.load()(kRowMajor, kNoTrans, kTrans, static_cast<int>(ny), static_cast<int>(nm), static_cast<int>(K),
-                     1.0f, static_cast<const float*>(x->data) + y0 * K, static_cast<int>(K),
-                     static_cast<const float*>(w->data) + m0 * K, static_cast<int>(K), b != nullptr ? 1.0f : 0.0f, y,
-                     static_cast<int>(M));
+        product(args->bf16, kTrans, ny, nm, K, 1.0f, static_cast<const float*>(x->data) + y0 * K, K,
+                static_cast<const float*>(w->data) + m0 * K, K, b != nullptr ? 1.0f : 0.0f, y, M);
+    }
+}
+
+// A weight [K, N] (f32 or f16, contiguous rows) packed for the AMX kernel: threads take blocks of 16 columns.
+void pack_weight_columns(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* w = dst->src[0];
+    const int64_t K = w->ne[0], N = w->ne[1];
+    const int64_t per = ((N + nth - 1) / nth + 15) & ~int64_t(15);
+    const int64_t n0 = std::min<int64_t>(N, per * ith), n1 = std::min<int64_t>(N, n0 + per);
+    if (n0 < n1) {
+        amx::pack_b_trans_columns(w->data, w->type == GGML_TYPE_F16, static_cast<int64_t>(w->nb[1] / ggml_type_size(w->type)),
+                                  K, N, n0, n1, static_cast<uint16_t*>(dst->data), amx::pad32(N));
+    }
+}
+
+struct PackedArgs {
+    const CancelToken* cancel;
+    int64_t M;  // output features (the packed weight's columns)
+};
+
+// y [R, M] = x [R, K] w^T for a weight packed by pack_weight_columns: threads split the rows of x in blocks of 32,
+// each packs its rows into bf16 in pieces of at most 256 rows (a few ms of work between looks at the token).
+void rows_product_packed(ggml_tensor* dst, int ith, int nth, void* userdata) {
+    const ggml_tensor* packed = dst->src[0];
+    const ggml_tensor* x = dst->src[1];
+    const auto* args = static_cast<const PackedArgs*>(userdata);
+    const int64_t K = x->ne[0], M = args->M, Np = amx::pad32(M), R = ggml_nelements(x) / K;
+    const int64_t per = ((R + nth - 1) / nth + 31) & ~int64_t(31);
+    const int64_t r0 = std::min<int64_t>(R, per * ith), r1 = std::min<int64_t>(R, r0 + per);
+    const float* b = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
+    const int64_t no_shift = 0;
+    for (int64_t y0 = r0; y0 < r1; y0 += 256) {
+        if (stop_requested(args->cancel)) {
+            return;
+        }
+        const int64_t ny = std::min<int64_t>(256, r1 - y0);
+        float* y = static_cast<float*>(dst->data) + y0 * M;
+        if (b != nullptr) {
+            for (int64_t r = 0; r < ny; r++) {
+                std::copy(b, b + M, y + r * M);
+            }
+        }
+        uint16_t* a = amx::scratch(0, amx::packed_a_size(ny, K));
+        amx::pack_a(static_cast<const float*>(x->data) + y0 * K, K, ny, K, a);
+        amx::gemm_packed(1, &a, static_cast<const uint16_t*>(packed->data), &no_shift, Np, ny, M, K, 1.0f,
+                         b != nullptr ? 1.0f : 0.0f, y, M);
     }
 }
 
 }  // namespace
+
+ggml_tensor* mul_mat_bf16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias,
+                          const CancelToken* cancel) {
+    const int64_t K = w->ne[0], M = w->ne[1];
+    ggml_tensor* packed = ggml_custom_4d(ctx, GGML_TYPE_I16, 2 * amx::pad32(M), amx::pad32(K) / 2, 1, 1, &w, 1,
+                                         pack_weight_columns, GGML_N_TASKS_MAX, nullptr);
+    ggml_set_name(packed, "weight.to_bf16");
+    ggml_tensor* args[] = {packed, x, bias};
+    PackedArgs* params = custom_op_args(ctx, PackedArgs{cancel, M});
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, M, x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2,
+                          rows_product_packed, GGML_N_TASKS_MAX, params);
+}
 
 bool load(const std::string& path) {
     std::lock_guard<std::mutex> lock(load_mutex);
@@ -217,7 +292,8 @@ bool enabled() { return use.load() && sgemm.load() != nullptr; }
 
 // Output channels [o0, o1) of one image, in bands of output rows whose accumulator stays within ~4 MiB.
 void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void* userdata) {
-    const auto* cancel = static_cast<const CancelToken*>(userdata);
+    const auto* args = static_cast<const OpArgs*>(userdata);
+    const CancelToken* cancel = args->cancel;
     const ggml_tensor* xp = dst->src[0];
     const ggml_tensor* taps = dst->src[1];
     const int64_t Wp = xp->ne[0], Hp = xp->ne[1], C = xp->ne[2], N = xp->ne[3];
@@ -237,8 +313,20 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const int64_t band = std::max<int64_t>(1, std::min<int64_t>(H, (int64_t(1) << 20) / ((o1 - o0) * Wp)));
     thread_local std::vector<float> acc;
     acc.resize(static_cast<size_t>((o1 - o0) * band * Wp));
-    const sgemm_fn gemm = sgemm.load();
     const float* w = static_cast<const float*>(taps->data);
+    // bf16: this thread's taps packed once for AMX; per band, the input plane is packed once and each tap reads it
+    // shifted by ky * Wp + kx columns, all nine accumulating in the tiles (one pass over the accumulator).
+    const uint16_t* packed_taps[9] = {};
+    int64_t shifts[9] = {};
+    if (args->bf16) {
+        const int64_t size = amx::packed_a_size(o1 - o0, C);
+        uint16_t* a = amx::scratch(2, 9 * size);
+        for (int t = 0; t < 9; t++) {
+            amx::pack_a(w + (t * OC + o0) * C, C, o1 - o0, C, a + t * size);
+            packed_taps[t] = a + t * size;
+            shifts[t] = (t / 3) * Wp + t % 3;
+        }
+    }
     const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
     for (int64_t n = 0; n < N; n++) {
         const float* plane = static_cast<const float*>(xp->data) + n * C * Hp * Wp;
@@ -249,15 +337,24 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void* userdata) {
                     std::fill(acc.data() + (o - o0) * P, acc.data() + (o - o0 + 1) * P, bias[o]);
                 }
             }
-            for (int t = 0; t < 9; t++) {
+            if (args->bf16) {
+                if (stop_requested(cancel)) {  // a band: 9 C multiply-adds per accumulator float (<= 2^20 of them)
+                    return;
+                }
+                const int64_t span = (rows + 2) * Wp + 2;  // input columns the taps read, from row y0
+                const int64_t Np = amx::pad32(amx::pad32(P) + 2 * Wp + 2);
+                uint16_t* b = amx::scratch(3, amx::packed_b_size(C, Np));
+                amx::pack_b(plane + y0 * Wp, Hp * Wp, C, span, b, Np);
+                amx::gemm_packed(9, packed_taps, b, shifts, Np, o1 - o0, P, C, 1.0f, bias == nullptr ? 0.0f : 1.0f,
+                                 acc.data(), P);
+            }
+            for (int t = 0; t < 9 && !args->bf16; t++) {
                 if (stop_requested(cancel)) {  // a tap: C multiply-adds per accumulator float (<= 2^20 of them)
                     return;
                 }
                 const int ky = t / 3, kx = t % 3;
-                gemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(o1 - o0), static_cast<int>(P),
-                     static_cast<int>(C), 1.0f, w + (t * OC + o0) * C, static_cast<int>(C),
-                     plane + (y0 + ky) * Wp + kx, static_cast<int>(Hp * Wp), t == 0 && bias == nullptr ? 0.0f : 1.0f,
-                     acc.data(), static_cast<int>(P));
+                product(false, kNoTrans, o1 - o0, P, C, 1.0f, w + (t * OC + o0) * C, C, plane + (y0 + ky) * Wp + kx,
+                        Hp * Wp, t == 0 && bias == nullptr ? 0.0f : 1.0f, acc.data(), P);
             }
             for (int64_t o = o0; o < o1; o++) {
                 float* out = static_cast<float*>(dst->data) + ((n * OC + o) * H + y0) * W;
@@ -271,16 +368,17 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void* userdata) {
 }
 
 ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps, ggml_tensor* bias,
-                     const CancelToken* cancel) {
+                     const CancelToken* cancel, bool bf16) {
     ggml_tensor* args[] = {xp, taps, bias};
+    OpArgs* params = custom_op_args(ctx, OpArgs{cancel, bf16 && amx::available()});
     return ggml_custom_4d(ctx, GGML_TYPE_F32, xp->ne[0] - 2, xp->ne[1] - 3, taps->ne[1], xp->ne[3], args,
-                          bias ? 3 : 2, conv3x3_channels, GGML_N_TASKS_MAX, const_cast<CancelToken*>(cancel));
+                          bias ? 3 : 2, conv3x3_channels, GGML_N_TASKS_MAX, params);
 }
 
 ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads,
-                       const CancelToken* cancel) {
+                       const CancelToken* cancel, bool bf16) {
     ggml_tensor* args[] = {q, k, v};
-    AttentionArgs* params = custom_op_args(ctx, AttentionArgs{cancel, heads});
+    AttentionArgs* params = custom_op_args(ctx, AttentionArgs{cancel, heads, bf16 && amx::available()});
     return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attention_blocks,
                           GGML_N_TASKS_MAX, params);
 }
@@ -293,8 +391,8 @@ double flops(const ggml_tensor* node) {
     ggml_custom_op_t fun = nullptr;
     std::memcpy(&fun, node->op_params, sizeof(fun));
     const double out = static_cast<double>(ggml_nelements(node));
-    if (fun == rows_product) {
-        return 2.0 * static_cast<double>(node->src[0]->ne[0]) * out;
+    if (fun == rows_product || fun == rows_product_packed) {
+        return 2.0 * static_cast<double>(node->src[1]->ne[0]) * out;
     }
     if (fun == conv3x3_channels) {
         return 2.0 * 9.0 * static_cast<double>(node->src[0]->ne[2]) * out;
@@ -305,10 +403,12 @@ double flops(const ggml_tensor* node) {
     return 0.0;
 }
 
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel) {
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel,
+                     bool bf16) {
     ggml_tensor* args[] = {w, x, bias};
+    OpArgs* params = custom_op_args(ctx, OpArgs{cancel, bf16 && amx::available()});
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2,
-                          rows_product, GGML_N_TASKS_MAX, const_cast<CancelToken*>(cancel));
+                          rows_product, GGML_N_TASKS_MAX, params);
 }
 
 }  // namespace sdcpp::blas

@@ -28,7 +28,17 @@ bool enabled();
 //
 // Every op here stops early (leaving its output incomplete) once `cancel` (may be null) is set, looking at it
 // between blocks of at most a few milliseconds of one core's work; GraphRunner::run then throws CancelledError.
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel);
+//
+// bf16 (every op here): the products run on the AMX bf16 kernel (runtime/amx.hpp) instead of OpenBLAS, when
+// amx::available(); ignored otherwise.
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel,
+                     bool bf16 = false);
+
+// The same product in bf16 on AMX (amx::available() must hold) for an f32 or f16 weight w [K, M] (contiguous):
+// one node packs the weight into AMX's layout in the compute buffer (the size of an f16 copy, threads splitting its
+// rows), a second multiplies (threads splitting the rows of x).
+ggml_tensor* mul_mat_bf16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias,
+                          const CancelToken* cancel);
 
 // 3x3 convolution, stride 1, of a padded input xp [W+2, H+3, C, N] (one zero column each side, one zero row on top
 // and two below) with taps [C, OC, 9] (f32; tap t = 3*ky + kx is a row-major OC x C matrix) -> [W, H, OC, N].
@@ -37,7 +47,7 @@ ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_ten
 // channels.
 // `bias` (f32 [OC], contiguous) is added in the same pass, or nullptr.
 ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* taps, ggml_tensor* bias,
-                     const CancelToken* cancel);
+                     const CancelToken* cancel, bool bf16 = false);
 
 // Multiply-adds x 2 of a node made by this file (0 for any other node), for the profiler.
 double flops(const ggml_tensor* node);
@@ -46,7 +56,8 @@ double flops(const ggml_tensor* node);
 // [h*D, (h+1)*D)) -> [C, Tq, N]. Blocks of queries small enough for their scores to stay in cache go through two
 // sgemm calls that read the heads in place (no permutes, no padding); threads take blocks in turn. ggml's fused
 // kernel ran the SD1.5 UNet's attention at ~80 GFLOP/s here, a third of a 64x64-latent call.
+// Scores and softmax statistics stay f32 (only the two products' operands are rounded, with bf16).
 ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads,
-                       const CancelToken* cancel);
+                       const CancelToken* cancel, bool bf16 = false);
 
 }  // namespace sdcpp::blas

@@ -72,6 +72,18 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+PRECISIONS = ("f32", "bf16")
+
+
+def precision(value) -> str:
+    """The compute precision of the products: "f32" (exact kernels, the default) or "bf16" (operands rounded to bf16,
+    accumulated in f32, on AMX where the CPU has it; norms, softmax and time embeddings stay f32; without AMX the
+    f32 kernels run). See docs/benchmarks.md for its speed and error."""
+    if value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
+    return value
+
+
 def threads(n_threads) -> int:
     """0 (one per physical core, decided by the core) or a count, capped at the CPUs this process may use:
     more threads than CPUs only slows ggml's spinning workers down (0.47 s at 2 vs 18 s at 8 threads on a

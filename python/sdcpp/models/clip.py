@@ -39,13 +39,14 @@ class TextEncoder(GraphModel):
 
     `n_heads`, `hidden_act`, `layer_norm_eps` override the config/family defaults (needed for non-standard
     models loaded from a source without config, e.g. the tiny test models whose heads are 32 wide).
-    `flash_attn`: use ggml_flash_attn_ext for attention. `f32_matmul_min_cols`: see `sdcpp.models.unet.UNet`.
+    `flash_attn`: use ggml_flash_attn_ext for attention.
+    `f32_matmul_min_cols`, `precision`: see `sdcpp.models.unet.UNet`.
     `n_threads`: 0 = one per physical core."""
 
     def __init__(self, weights, component: str = "text_encoder", *, n_heads: int | None = None,
                  hidden_act: str | None = None, layer_norm_eps: float | None = None,
                  flash_attn: bool = DEFAULT_FLASH_ATTN, f32_matmul_min_cols: int = DEFAULT_F32_MATMUL_MIN_COLS,
-                 n_threads: int = 0):
+                 n_threads: int = 0, precision: str = "f32"):
         if component not in TEXT_ENCODERS:
             raise ValueError(f"component must be one of {TEXT_ENCODERS}, got {component!r}")
         try:
@@ -73,7 +74,7 @@ class TextEncoder(GraphModel):
         self._graph = core().ClipTextModel(
             weights._store, prefix, n_layers=self.n_layers, n_heads=self.n_heads, hidden_act=self.hidden_act,
             layer_norm_eps=self.layer_norm_eps, flash_attn=self.flash_attn, f32_matmul_min_cols=f32_matmul_min_cols,
-            n_threads=n_threads)
+            precision=checks.precision(precision), n_threads=n_threads)
 
     def __repr__(self):
         return (f"TextEncoder({self.component}: {self.n_layers} layers, hidden {self.hidden_size}, "

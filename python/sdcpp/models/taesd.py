@@ -15,13 +15,13 @@ class TinyVAE(GraphModel):
     `scaling_factor` is 1 (its config's; diffusers' pipelines divide by it, as for any VAE), and `encode` gives the
     latents themselves, deterministic (no posterior to sample: `noise` must be None).
 
-    `n_threads`: 0 = one per physical core. `max_im2col_mib`, `f32_matmul_min_cols`: see `VAE`. `flash_attn` is
-    accepted for the VAE interface; TAESD has no attention."""
+    `n_threads`: 0 = one per physical core. `max_im2col_mib`, `f32_matmul_min_cols`, `precision`: see `VAE`.
+    `flash_attn` is accepted for the VAE interface; TAESD has no attention."""
 
     tiny = True
 
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 32,
-                 f32_matmul_min_cols: int = -1):
+                 f32_matmul_min_cols: int = -1, precision: str = "f32"):
         config = weights.config.component("vae")
         if not config.tiny:
             raise ValueError("TinyVAE runs a TAESD (AutoencoderTiny); this VAE is an AutoencoderKL: use VAE")
@@ -34,6 +34,7 @@ class TinyVAE(GraphModel):
         self._graph = core().TinyVAE(weights._store, encoder_layers=arch.encoder_layers,
                                      decoder_layers=arch.decoder_layers, upscale=arch.upscale,
                                      max_im2col_mib=max_im2col_mib, f32_matmul_min_cols=f32_matmul_min_cols,
+                                     precision=checks.precision(precision),
                                      n_threads=checks.threads(n_threads))
 
     @property

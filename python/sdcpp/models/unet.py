@@ -25,10 +25,10 @@ class UNet(GraphModel):
     `f32_matmul_min_cols`: products with at least this many activation columns (tokens x batch) convert a
     non-f32 weight to f32 in the compute buffer and use f32 sgemm (faster on AVX-512 CPUs, and activations are
     not rounded to 8 bits as in ggml's quantized products); 0 = never, -1 = the backend's default (256 on the
-    CPU, never on GPUs)."""
+    CPU, never on GPUs). `precision`: "f32" or "bf16" (`sdcpp.checks.precision`)."""
 
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 256,
-                 f32_matmul_min_cols: int = -1):
+                 f32_matmul_min_cols: int = -1, precision: str = "f32"):
         config = weights.config.component("unet")  # heads, groups, epsilons, time-id width: sdcpp.config
         self.weights = weights
         self.config = config
@@ -40,7 +40,8 @@ class UNet(GraphModel):
             transformer_group_norm_eps=config.transformer_group_norm_eps,
             transformer_layer_norm_eps=config.transformer_layer_norm_eps,
             addition_time_embed_dim=config.addition_time_embed_dim, flash_attn=self.flash_attn,
-            max_im2col_mib=max_im2col_mib, f32_matmul_min_cols=f32_matmul_min_cols, n_threads=n_threads)
+            max_im2col_mib=max_im2col_mib, f32_matmul_min_cols=f32_matmul_min_cols,
+            precision=checks.precision(precision), n_threads=n_threads)
 
     @property
     def in_channels(self) -> int:

@@ -34,12 +34,12 @@ class VAE(GraphModel):
     `max_im2col_mib`: convs whose im2col matrix would be larger run in bands of output rows (0 = never);
     this bounds the compute buffer of large decodes (measured on an SD VAE decode at 256x256: bands of 8-32 MiB
     were 24% faster than whole convs, cache-sized columns, and cut the compute buffer by a third).
-    `f32_matmul_min_cols`: see `UNet`."""
+    `f32_matmul_min_cols`, `precision`: see `UNet`."""
 
     tiny = False  # TinyVAE: True
 
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 32,
-                 f32_matmul_min_cols: int = -1):
+                 f32_matmul_min_cols: int = -1, precision: str = "f32"):
         config = weights.config.component("vae")  # groups, eps, scaling factor: sdcpp.config
         if config.tiny:
             raise ValueError("this VAE is a TAESD (AutoencoderTiny): use sdcpp.models.taesd.TinyVAE (or vae_graph)")
@@ -50,7 +50,8 @@ class VAE(GraphModel):
         self.scaling_factor = config.scaling_factor
         self._graph = core().VAE(weights._store, groups=config.groups, norm_eps=config.norm_eps,
                                  flash_attn=self.flash_attn, max_im2col_mib=max_im2col_mib,
-                                 f32_matmul_min_cols=f32_matmul_min_cols, n_threads=n_threads)
+                                 f32_matmul_min_cols=f32_matmul_min_cols,
+                                 precision=checks.precision(precision), n_threads=n_threads)
 
     @property
     def latent_channels(self) -> int:

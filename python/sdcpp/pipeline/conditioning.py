@@ -61,10 +61,11 @@ class Conditioning:
 class PromptEncoder:
     """The text encoders of a loaded model and the family's recipe for turning prompts into Conditioning."""
 
-    def __init__(self, weights, n_threads: int = 0):
+    def __init__(self, weights, n_threads: int = 0, precision: str = "f32"):
         self.family = weights.config.family  # which encoders, in which order, and how they condition the UNet
         self.weights = weights
-        self.encoders = [TextEncoder(weights, e.component, n_threads=n_threads) for e in self.family.encoders]
+        self.encoders = [TextEncoder(weights, e.component, n_threads=n_threads, precision=precision)
+                         for e in self.family.encoders]
         self.tokenizers = [ClipTokenizer(e.config.pad_id) for e in self.encoders]
         self.embeddings: dict = {}
         self._indexes = [{} for _ in self.encoders]

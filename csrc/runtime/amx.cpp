@@ -22,7 +22,7 @@ int64_t packed_a_size(int64_t M, int64_t K) { return pad32(M) * pad32(K); }
 int64_t packed_b_size(int64_t K, int64_t Np) { return pad32(K) * Np; }
 
 uint16_t* scratch(int slot, int64_t n) {
-    thread_local std::vector<uint16_t> buffers[4];
+    thread_local std::vector<uint16_t> buffers[5];
     std::vector<uint16_t>& b = buffers[slot];
     if (static_cast<int64_t>(b.size()) < n) {
         b.resize(static_cast<size_t>(n));
@@ -117,9 +117,10 @@ SDCPP_AMX_TARGET inline __mmask16 first_n(int64_t n) {
     return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
 
-// Output rows of one M chunk share each B panel in cache: chunks whose A (all terms) stays within ~512 KB of L2.
-int64_t chunk_rows(int terms, int64_t Kp) {
-    return std::max<int64_t>(32, ((int64_t(1) << 18) / (terms * Kp)) & ~int64_t(31));
+// K per block: 32 rows of A for every term within 32 KB, so they stay in L1 while the block's B slices stream from
+// L2 (a 2x2 tile kernel loads 1 KB per tile product: both operands from L2 would exceed its bandwidth).
+int64_t k_block(int terms) {
+    return std::max<int64_t>(32, (512 / terms) & ~int64_t(31));
 }
 
 }  // namespace
@@ -141,7 +142,7 @@ SDCPP_AMX_TARGET void pack_a(const float* src, int64_t lda, int64_t M, int64_t K
     }
 }
 
-SDCPP_AMX_TARGET void pack_b(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* dst, int64_t Np) {
+SDCPP_AMX_TARGET void pack_b_rows(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* dst, int64_t Np) {
     const int64_t Kp = pad32(K);
     for (int64_t kp = 0; kp < Kp / 2; kp++) {
         const int64_t k = 2 * kp;
@@ -164,7 +165,7 @@ SDCPP_AMX_TARGET void pack_b_trans_columns(const void* src, bool f16, int64_t ld
     const int64_t Kp = pad32(K);
     uint32_t* units = reinterpret_cast<uint32_t*>(dst);  // unit (kp, n) = bf16 pair (B(2kp, n), B(2kp+1, n))
     const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i row_step = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(Np)));
+    const __m512i row_step = _mm512_slli_epi32(lanes, 5);  // consecutive kp: 32 units apart within a block
     for (int64_t n = n0; n < n1; n++) {
         for (int64_t k = 0; k < Kp; k += 32) {
             const __mmask16 m0 = first_n(K - k), m1 = first_n(K - k - 16);
@@ -179,13 +180,34 @@ SDCPP_AMX_TARGET void pack_b_trans_columns(const void* src, bool f16, int64_t ld
                 hi = _mm512_maskz_loadu_ps(m1, m1 ? row + k + 16 : row);
             }
             const __m512i pairs = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-            const __m512i index = _mm512_add_epi32(row_step, _mm512_set1_epi32(static_cast<int>(k / 2 * Np + n)));
+            const int64_t first = (n / 32 * (Kp / 2) + k / 2) * 32 + n % 32;
+            const __m512i index = _mm512_add_epi32(row_step, _mm512_set1_epi32(static_cast<int>(first)));
             _mm512_i32scatter_epi32(units, index, pairs, 4);
         }
     }
     if (n1 == N) {
-        for (int64_t kp = 0; kp < Kp / 2; kp++) {  // padding columns
-            std::memset(units + kp * Np + N, 0, static_cast<size_t>(Np - N) * sizeof(uint32_t));
+        for (int64_t n = N; n < Np; n++) {  // padding columns
+            for (int64_t kp = 0; kp < Kp / 2; kp++) {
+                units[(n / 32 * (Kp / 2) + kp) * 32 + n % 32] = 0;
+            }
+        }
+    }
+}
+
+SDCPP_AMX_TARGET void pack_b(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* dst) {
+    const int64_t Kp = pad32(K), Nb = pad32(N);
+    for (int64_t kp = 0; kp < Kp / 2; kp++) {
+        const int64_t k = 2 * kp;
+        const float* r0 = k < K ? src + k * ld : src;
+        const float* r1 = k + 1 < K ? src + (k + 1) * ld : src;
+        for (int64_t n = 0; n < Nb; n += 16) {
+            const __mmask16 m0 = k < K ? first_n(N - n) : 0, m1 = k + 1 < K ? first_n(N - n) : 0;
+            const __m512 x0 = _mm512_maskz_loadu_ps(m0, m0 ? r0 + n : src);
+            const __m512 x1 = _mm512_maskz_loadu_ps(m1, m1 ? r1 + n : src);
+            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x0));
+            const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x1));
+            uint32_t* out = reinterpret_cast<uint32_t*>(dst) + (n / 32 * (Kp / 2) + kp) * 32 + n % 32;
+            _mm512_storeu_si512(out, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
     }
 }
@@ -195,29 +217,39 @@ void pack_b_trans(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* 
 }
 
 SDCPP_AMX_TARGET void gemm_packed(int terms, const uint16_t* const* a, const uint16_t* b, const int64_t* b_shift,
-                                  int64_t Np, int64_t M, int64_t N, int64_t K, float alpha, float beta, float* C,
-                                  int64_t ldc) {
-    const int64_t Mp = pad32(M), Kp = pad32(K);
-    const int64_t a_stride = Kp * 2, b_stride = Np * 4;  // bytes per tile row
-    alignas(64) float block[32 * 32];
+                                  int64_t Np, bool blocked, int64_t M, int64_t N, int64_t K, float alpha, float beta,
+                                  float* C, int64_t ldc) {
+    const int64_t Mp = pad32(M), Kp = pad32(K), Nb = pad32(N);
+    // Bytes per tile row: A rows; B rows of the block (blocked: 32 pairs) or of the whole matrix; the sums.
+    const int64_t a_stride = Kp * 2, b_stride = blocked ? 128 : Np * 4, acc_stride = Nb * 4;
+    const int64_t Kb = k_block(terms);
+    // The f32 sums of one block of 32 output rows, kept across K blocks.
+    float* acc = reinterpret_cast<float*>(scratch(4, 2 * 32 * Nb));
     _tile_loadconfig(&kConfig);
-    const int64_t chunk = chunk_rows(terms, Kp);
-    for (int64_t mc = 0; mc < Mp; mc += chunk) {
-        const int64_t mc_end = std::min(Mp, mc + chunk);
-        for (int64_t n0 = 0; n0 < N; n0 += 32) {
-            for (int64_t m0 = mc; m0 < mc_end; m0 += 32) {
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
+    for (int64_t m0 = 0; m0 < Mp; m0 += 32) {
+        for (int64_t k0 = 0; k0 < Kp; k0 += Kb) {
+            const int64_t k1 = std::min(Kp, k0 + Kb);
+            for (int64_t n0 = 0; n0 < Nb; n0 += 32) {
+                float* c = acc + n0;
+                if (k0 == 0) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                } else {
+                    _tile_loadd(0, c, acc_stride);
+                    _tile_loadd(1, c + 16, acc_stride);
+                    _tile_loadd(2, c + 16 * Nb, acc_stride);
+                    _tile_loadd(3, c + 16 * Nb + 16, acc_stride);
+                }
                 for (int t = 0; t < terms; t++) {
                     const uint16_t* a0 = a[t] + m0 * Kp;
                     const uint16_t* a1 = a0 + 16 * Kp;
-                    const uint16_t* bt = b + (n0 + b_shift[t]) * 2;
-                    for (int64_t k0 = 0; k0 < Kp; k0 += 32) {
-                        const uint16_t* bk = bt + k0 * Np;  // (k0 / 2) rows of Np pairs
-                        _tile_loadd(4, a0 + k0, a_stride);
-                        _tile_loadd(5, a1 + k0, a_stride);
+                    const uint16_t* bt = blocked ? b + n0 / 32 * (Kp / 2) * 64 : b + (n0 + b_shift[t]) * 2;
+                    for (int64_t k = k0; k < k1; k += 32) {
+                        const uint16_t* bk = bt + k * (blocked ? 32 : Np);  // (k / 2) rows of 32 or Np pairs
+                        _tile_loadd(4, a0 + k, a_stride);
+                        _tile_loadd(5, a1 + k, a_stride);
                         _tile_loadd(6, bk, b_stride);
                         _tile_loadd(7, bk + 32, b_stride);
                         _tile_dpbf16ps(0, 4, 6);
@@ -226,23 +258,23 @@ SDCPP_AMX_TARGET void gemm_packed(int terms, const uint16_t* const* a, const uin
                         _tile_dpbf16ps(3, 5, 7);
                     }
                 }
-                _tile_stored(0, block, 128);
-                _tile_stored(1, block + 16, 128);
-                _tile_stored(2, block + 16 * 32, 128);
-                _tile_stored(3, block + 16 * 32 + 16, 128);
-                const int64_t rows = std::min<int64_t>(32, M - m0), cols = std::min<int64_t>(32, N - n0);
-                for (int64_t i = 0; i < rows; i++) {
-                    float* c = C + (m0 + i) * ldc + n0;
-                    const float* s = block + i * 32;
-                    if (beta == 0.0f) {
-                        for (int64_t j = 0; j < cols; j++) {
-                            c[j] = alpha * s[j];
-                        }
-                    } else {
-                        for (int64_t j = 0; j < cols; j++) {
-                            c[j] = alpha * s[j] + beta * c[j];
-                        }
-                    }
+                _tile_stored(0, c, acc_stride);
+                _tile_stored(1, c + 16, acc_stride);
+                _tile_stored(2, c + 16 * Nb, acc_stride);
+                _tile_stored(3, c + 16 * Nb + 16, acc_stride);
+            }
+        }
+        const int64_t rows = std::min<int64_t>(32, M - m0);
+        for (int64_t i = 0; i < rows; i++) {
+            float* out = C + (m0 + i) * ldc;
+            const float* s = acc + i * Nb;
+            if (beta == 0.0f) {
+                for (int64_t j = 0; j < N; j++) {
+                    out[j] = alpha * s[j];
+                }
+            } else {
+                for (int64_t j = 0; j < N; j++) {
+                    out[j] = alpha * s[j] + beta * out[j];
                 }
             }
         }
@@ -259,9 +291,12 @@ void pack_b_trans(const float*, int64_t, int64_t, int64_t, uint16_t*, int64_t) {
 void pack_b_trans_columns(const void*, bool, int64_t, int64_t, int64_t, int64_t, int64_t, uint16_t*, int64_t) {
     throw std::logic_error("AMX unavailable");
 }
-void pack_b(const float*, int64_t, int64_t, int64_t, uint16_t*, int64_t) { throw std::logic_error("AMX unavailable"); }
-void gemm_packed(int, const uint16_t* const*, const uint16_t*, const int64_t*, int64_t, int64_t, int64_t, int64_t,
-                 float, float, float*, int64_t) {
+void pack_b_rows(const float*, int64_t, int64_t, int64_t, uint16_t*, int64_t) {
+    throw std::logic_error("AMX unavailable");
+}
+void pack_b(const float*, int64_t, int64_t, int64_t, uint16_t*) { throw std::logic_error("AMX unavailable"); }
+void gemm_packed(int, const uint16_t* const*, const uint16_t*, const int64_t*, int64_t, bool, int64_t, int64_t,
+                 int64_t, float, float, float*, int64_t) {
     throw std::logic_error("AMX unavailable");
 }
 
@@ -276,10 +311,10 @@ void gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const floa
     if (trans_b) {
         pack_b_trans(B, ldb, K, N, b, Np);
     } else {
-        pack_b(B, ldb, K, N, b, Np);
+        pack_b(B, ldb, K, N, b);
     }
     const int64_t no_shift = 0;
-    gemm_packed(1, &a, b, &no_shift, Np, M, N, K, alpha, beta, C, ldc);
+    gemm_packed(1, &a, b, &no_shift, Np, true, M, N, K, alpha, beta, C, ldc);
 }
 
 }  // namespace sdcpp::amx

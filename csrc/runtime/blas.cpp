@@ -236,7 +236,7 @@ void rows_product_packed(ggml_tensor* dst, int ith, int nth, void* userdata) {
         }
         uint16_t* a = amx::scratch(0, amx::packed_a_size(ny, K));
         amx::pack_a(static_cast<const float*>(x->data) + y0 * K, K, ny, K, a);
-        amx::gemm_packed(1, &a, static_cast<const uint16_t*>(packed->data), &no_shift, Np, ny, M, K, 1.0f,
+        amx::gemm_packed(1, &a, static_cast<const uint16_t*>(packed->data), &no_shift, Np, true, ny, M, K, 1.0f,
                          b != nullptr ? 1.0f : 0.0f, y, M);
     }
 }
@@ -344,8 +344,8 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void* userdata) {
                 const int64_t span = (rows + 2) * Wp + 2;  // input columns the taps read, from row y0
                 const int64_t Np = amx::pad32(amx::pad32(P) + 2 * Wp + 2);
                 uint16_t* b = amx::scratch(3, amx::packed_b_size(C, Np));
-                amx::pack_b(plane + y0 * Wp, Hp * Wp, C, span, b, Np);
-                amx::gemm_packed(9, packed_taps, b, shifts, Np, o1 - o0, P, C, 1.0f, bias == nullptr ? 0.0f : 1.0f,
+                amx::pack_b_rows(plane + y0 * Wp, Hp * Wp, C, span, b, Np);
+                amx::gemm_packed(9, packed_taps, b, shifts, Np, false, o1 - o0, P, C, 1.0f, bias == nullptr ? 0.0f : 1.0f,
                                  acc.data(), P);
             }
             for (int t = 0; t < 9 && !args->bf16; t++) {

@@ -165,7 +165,7 @@ def openvino_worker(folder: Path, dtype: str, options: dict, threads: int, shape
     core = ov.Core()
     # CACHE_DIR: compiling the bf16 models takes minutes and >10 GB; later workers load the compiled blobs.
     config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": dtype, "PERFORMANCE_HINT": "LATENCY",
-              "CACHE_DIR": str(folder / "openvino" / "cache"), **options}
+              "CACHE_DIR": str(folder / "openvino" / f"cache-{dtype}"), **options}
     compiled = {(k, s): core.compile_model(str(openvino_ir(folder, k, s)), "CPU", config) for k, s in shapes}
 
     def run(kind, size):
@@ -207,6 +207,10 @@ def worker(folder: Path, spec: str, threads: int, shapes) -> None:
 # ---- driver --------------------------------------------------------------------------------------------------
 
 
+class WorkerFailed(RuntimeError):
+    pass
+
+
 class Worker:
     def __init__(self, folder: Path, spec: str, threads: int, shapes):
         cmd = [sys.executable, __file__, "--dir", str(folder), "--threads", str(threads), "--worker", spec,
@@ -214,7 +218,7 @@ class Worker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):
-            raise SystemExit(f"{spec}: worker failed to start (exit {self.proc.wait()})")
+            raise WorkerFailed(f"{spec}: worker failed to start (exit {self.proc.wait()})")
         self.load_s = float(line.split()[1])
 
     def time(self, kind: str, size: int) -> float:
@@ -222,7 +226,7 @@ class Worker:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise SystemExit(f"worker died on {kind} {size} (exit {self.proc.wait()})")
+            raise WorkerFailed(f"worker died on {kind} {size} (exit {self.proc.wait()})")
         return float(line)
 
     def close(self) -> float:
@@ -276,12 +280,15 @@ def main():
     if a.respawn:
         for i in range(a.rounds):
             for r in a.runtimes:
-                w = Worker(a.dir, r, a.threads, shapes)
-                load.setdefault(r, w.load_s)
-                for s in shapes:  # warm-up: first-call allocations and kernel selection are not timed
-                    w.time(*s)
-                one_round(w, r)
-                rss[r] = max(rss[r], w.close())
+                try:  # a runtime that crashes loses its round, not the whole table
+                    w = Worker(a.dir, r, a.threads, shapes)
+                    load.setdefault(r, w.load_s)
+                    for s in shapes:  # warm-up: first-call allocations and kernel selection are not timed
+                        w.time(*s)
+                    one_round(w, r)
+                    rss[r] = max(rss[r], w.close())
+                except WorkerFailed as e:
+                    print(f"{r}: {e}", flush=True)
             print(f"round {i + 1}/{a.rounds} done", flush=True)
     else:
         workers = {}
@@ -309,11 +316,11 @@ def main():
         row = f"{r:<26}"
         for s in shapes:
             t = times[(r, s)]
-            row += f"{statistics.median(t):>10.3f} ({min(t):.3f})"
+            row += f"{statistics.median(t):>10.3f} ({min(t):.3f})" if t else f"{'failed':>18}"
         for s in shapes:
-            err = rel_l2(np.load(out / f"{r.replace(':', '_')}-{s[0]}{s[1]}.npy"), ref[s])
-            row += f"{err:>18.1e}"
-        print(row + f"{load[r]:>8.1f}{rss[r]:>9.2f}")
+            path = out / f"{r.replace(':', '_')}-{s[0]}{s[1]}.npy"
+            row += f"{rel_l2(np.load(path), ref[s]):>18.1e}" if path.exists() else f"{'-':>18}"
+        print(row + f"{load.get(r, float('nan')):>8.1f}{rss[r]:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -142,22 +142,33 @@ SDCPP_AMX_TARGET void pack_a(const float* src, int64_t lda, int64_t M, int64_t K
     }
 }
 
-SDCPP_AMX_TARGET void pack_b_rows(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* dst, int64_t Np) {
+// Rows k, k+1 of a row-major K x N matrix as bf16 pairs, 16 columns at a time, in the blocked or the rows layout.
+SDCPP_AMX_TARGET void pack_b_pairs(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* dst, int64_t Np,
+                                   bool blocked) {
     const int64_t Kp = pad32(K);
+    uint32_t* units = reinterpret_cast<uint32_t*>(dst);
     for (int64_t kp = 0; kp < Kp / 2; kp++) {
         const int64_t k = 2 * kp;
         const float* r0 = k < K ? src + k * ld : src;
         const float* r1 = k + 1 < K ? src + (k + 1) * ld : src;
-        uint32_t* out = reinterpret_cast<uint32_t*>(dst) + kp * Np;
         for (int64_t n = 0; n < Np; n += 16) {
             const __mmask16 m0 = k < K ? first_n(N - n) : 0, m1 = k + 1 < K ? first_n(N - n) : 0;
             const __m512 x0 = _mm512_maskz_loadu_ps(m0, m0 ? r0 + n : src);
             const __m512 x1 = _mm512_maskz_loadu_ps(m1, m1 ? r1 + n : src);
             const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x0));
             const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x1));
-            _mm512_storeu_si512(out + n, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            uint32_t* out = units + (blocked ? (n / 32 * (Kp / 2) + kp) * 32 + n % 32 : kp * Np + n);
+            _mm512_storeu_si512(out, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
     }
+}
+
+void pack_b_rows(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* dst, int64_t Np) {
+    pack_b_pairs(src, ld, K, N, dst, Np, false);
+}
+
+void pack_b(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* dst) {
+    pack_b_pairs(src, ld, K, N, dst, pad32(N), true);
 }
 
 SDCPP_AMX_TARGET void pack_b_trans_columns(const void* src, bool f16, int64_t ld, int64_t K, int64_t N, int64_t n0,
@@ -190,24 +201,6 @@ SDCPP_AMX_TARGET void pack_b_trans_columns(const void* src, bool f16, int64_t ld
             for (int64_t kp = 0; kp < Kp / 2; kp++) {
                 units[(n / 32 * (Kp / 2) + kp) * 32 + n % 32] = 0;
             }
-        }
-    }
-}
-
-SDCPP_AMX_TARGET void pack_b(const float* src, int64_t ld, int64_t K, int64_t N, uint16_t* dst) {
-    const int64_t Kp = pad32(K), Nb = pad32(N);
-    for (int64_t kp = 0; kp < Kp / 2; kp++) {
-        const int64_t k = 2 * kp;
-        const float* r0 = k < K ? src + k * ld : src;
-        const float* r1 = k + 1 < K ? src + (k + 1) * ld : src;
-        for (int64_t n = 0; n < Nb; n += 16) {
-            const __mmask16 m0 = k < K ? first_n(N - n) : 0, m1 = k + 1 < K ? first_n(N - n) : 0;
-            const __m512 x0 = _mm512_maskz_loadu_ps(m0, m0 ? r0 + n : src);
-            const __m512 x1 = _mm512_maskz_loadu_ps(m1, m1 ? r1 + n : src);
-            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x0));
-            const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x1));
-            uint32_t* out = reinterpret_cast<uint32_t*>(dst) + (n / 32 * (Kp / 2) + kp) * 32 + n % 32;
-            _mm512_storeu_si512(out, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
     }
 }

@@ -82,7 +82,6 @@ def _unet_case(fixtures_dir, family="sd1"):
 @pytest.mark.parametrize("stored", ["f32", "f16", "q8_0"])
 def test_unet_bf16_matches_diffusers(fixtures_dir, single_threaded_torch, family, stored):
     """Every stored type: f32/f16 weights are packed straight to bf16, quantized ones dequantized first."""
-    torch.set_num_threads(1)
     weights = sdcpp.load_weights(fixtures_dir / family / "diffusers", unet_type=stored, progress=False)
     inputs, expected = _unet_case(fixtures_dir, family)
     f32 = UNet(weights, n_threads=2, f32_matmul_min_cols=1).predict(**inputs)

@@ -68,8 +68,7 @@ void register_clip(py::module_& m) {
                                   "CLIP text transformer over the weights `prefix`text_model.* of a WeightStore.");
     cls.def(py::init([](WeightStore& store, const std::string& prefix, int n_layers, int n_heads,
                          const std::string& hidden_act, float layer_norm_eps, bool flash_attn,
-                         int64_t f32_matmul_min_cols,
-                         const std::string& precision, int n_threads) {
+                         int64_t f32_matmul_min_cols, const std::string& precision, int n_threads) {
                  ClipConfig cfg;
                  cfg.n_layers = n_layers;
                  cfg.n_heads = n_heads;
@@ -80,7 +79,8 @@ void register_clip(py::module_& m) {
              }),
              // No defaults: sdcpp.models.clip.TextEncoder passes every value (sdcpp.config holds the model's).
              py::arg("store"), py::arg("prefix"), py::arg("n_layers"), py::arg("n_heads"), py::arg("hidden_act"),
-             py::arg("layer_norm_eps"), py::arg("flash_attn"), py::arg("f32_matmul_min_cols"), py::arg("precision"), py::arg("n_threads"),
+             py::arg("layer_norm_eps"), py::arg("flash_attn"), py::arg("f32_matmul_min_cols"), py::arg("precision"),
+             py::arg("n_threads"),
              py::keep_alive<1, 2>())  // the graphs read the store's tensors: keep it alive
         .def("compute", &clip_compute, py::arg("tokens"), py::arg("eos"), py::arg("out_layer"),
              py::arg("apply_final_norm") = true, py::arg("want_pooled") = true,

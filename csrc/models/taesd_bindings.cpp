@@ -15,8 +15,8 @@ void register_taesd(py::module_& m) {
                             "TAESD (diffusers AutoencoderTiny) encoder/decoder graphs over the vae.* weights of a "
                             "WeightStore.");
     cls.def(py::init([](WeightStore& store, int64_t encoder_layers, int64_t decoder_layers, int upscale,
-                         double max_im2col_mib, int64_t f32_matmul_min_cols,
-                         const std::string& precision, int n_threads) {
+                         double max_im2col_mib, int64_t f32_matmul_min_cols, const std::string& precision,
+                         int n_threads) {
                  TinyVaeConfig cfg;
                  cfg.encoder_layers = encoder_layers;
                  cfg.decoder_layers = decoder_layers;
@@ -26,7 +26,8 @@ void register_taesd(py::module_& m) {
              }),
              // No defaults: sdcpp.models.taesd.TinyVAE passes every value (sdcpp.config holds the model's).
              py::arg("store"), py::arg("encoder_layers"), py::arg("decoder_layers"), py::arg("upscale"),
-             py::arg("max_im2col_mib"), py::arg("f32_matmul_min_cols"), py::arg("precision"), py::arg("n_threads"), py::keep_alive<1, 2>())
+             py::arg("max_im2col_mib"), py::arg("f32_matmul_min_cols"), py::arg("precision"), py::arg("n_threads"),
+             py::keep_alive<1, 2>())
         .def(
             "decode",
             [](TinyVae& vae, const FloatArray& latents) {

@@ -55,8 +55,7 @@ void register_unet(py::module_& m) {
     cls.def(py::init([](WeightStore& store, const std::vector<int>& heads, int groups, float norm_eps,
                          float transformer_group_norm_eps, float transformer_layer_norm_eps,
                          int addition_time_embed_dim, bool flash_attn, double max_im2col_mib,
-                         int64_t f32_matmul_min_cols,
-                         const std::string& precision, int n_threads) {
+                         int64_t f32_matmul_min_cols, const std::string& precision, int n_threads) {
                  UnetConfig cfg;
                  cfg.heads = heads;
                  cfg.groups = groups;

@@ -13,8 +13,7 @@ namespace sdcpp {
 void register_vae(py::module_& m) {
     py::class_<Vae> cls(m, "VAE", "AutoencoderKL encoder/decoder graphs over the vae.* weights of a WeightStore.");
     cls.def(py::init([](WeightStore& store, int groups, float norm_eps, bool flash_attn, double max_im2col_mib,
-                         int64_t f32_matmul_min_cols,
-                         const std::string& precision, int n_threads) {
+                         int64_t f32_matmul_min_cols, const std::string& precision, int n_threads) {
                  VaeConfig cfg;
                  cfg.groups = groups;
                  cfg.eps = norm_eps;

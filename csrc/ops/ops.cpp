@@ -62,20 +62,18 @@ ggml_tensor* fusable_bias(const Graph& g, const std::string& prefix, int64_t n) 
     return b->type == GGML_TYPE_F32 && ggml_is_contiguous(b) && ggml_nelements(b) == n ? b : nullptr;
 }
 
-// w x + `prefix`.bias (when present), for a weight from matmul_weight(): wide f32 products go to OpenBLAS's sgemm
-// when it is loaded (CPU only), with the bias fused; the rest to ggml_mul_mat and an add.
+// w x + `prefix`.bias (when present), for a weight from matmul_weight(): wide products go to AMX in bf16 graphs, wide
+// f32 ones to OpenBLAS's sgemm when it is loaded (CPU only), with the bias fused; the rest to ggml_mul_mat and an add.
 ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const std::string& prefix, const char* name) {
-    if (g.wide(ggml_nelements(x) / x->ne[0]) && g.bf16() &&
-        (w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16) && ggml_is_contiguous(w) && ggml_is_contiguous(x)) {
-        ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
-        ggml_tensor* y = named(blas::mul_mat_bf16(g.ctx, w, x, bias, g.cancel()), name);
-        return bias != nullptr ? y : add_bias(g, y, prefix);
-    }
-    if (g.wide(ggml_nelements(x) / x->ne[0]) && w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) &&
-        ggml_is_contiguous(x) && g.use_blas()) {
-        ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
-        ggml_tensor* y = named(blas::mul_mat(g.ctx, w, x, bias, g.cancel(), g.bf16()), name);
-        return bias != nullptr ? y : add_bias(g, y, prefix);
+    if (g.wide(ggml_nelements(x) / x->ne[0]) && ggml_is_contiguous(w) && ggml_is_contiguous(x)) {
+        // bf16 on AMX takes f32 and f16 weights (packed straight from f16); OpenBLAS takes f32 ones.
+        const bool amx = g.bf16() && (w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16);
+        if (amx || (w->type == GGML_TYPE_F32 && g.use_blas())) {
+            ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
+            ggml_tensor* y = amx ? blas::mul_mat_bf16(g.ctx, w, x, bias, g.cancel())
+                                 : blas::mul_mat(g.ctx, w, x, bias, g.cancel());
+            return bias != nullptr ? named(y, name) : add_bias(g, named(y, name), prefix);
+        }
     }
     return add_bias(g, named(ggml_mul_mat(g.ctx, w, x), name), prefix);
 }

@@ -29,19 +29,14 @@ std::atomic<sgemm_fn> sgemm{nullptr};
 std::atomic<bool> use{true};
 std::string loaded_path;
 
-// One row-major product C = alpha op(A) op(B) + beta C (A never transposed) on the op's kernel: OpenBLAS's f32
-// sgemm, or the AMX bf16 kernel when the graph asked for bf16 (runtime/amx.hpp).
-void product(bool bf16, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-             const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-    if (bf16) {
-        amx::gemm(trans_b == kTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
+// OpenBLAS's row-major sgemm C = alpha A op(B) + beta C (A never transposed), with 64-bit sizes.
+void product(int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+             int64_t ldb, float beta, float* C, int64_t ldc) {
     sgemm.load()(kRowMajor, kNoTrans, trans_b, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A,
                  static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
 }
 
-// The parameters of a product or conv op: the token to poll and the kernel.
+// The parameters of a conv op: the token to poll and the kernel.
 struct OpArgs {
     const CancelToken* cancel;
     bool bf16;
@@ -129,6 +124,12 @@ void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     thread_local std::vector<float> scores;
     scores.resize(static_cast<size_t>(rows * Tk));
+    // bf16: a thread's tasks run consecutive query blocks of one head (task += nth), so its keys and values are
+    // packed for AMX once per head, not once per block; queries and scores are packed per block.
+    const int64_t no_shift = 0, Tkp = amx::pad32(Tk), Dp = amx::pad32(D);
+    int64_t packed_head = -1;
+    uint16_t* keys = args->bf16 ? amx::scratch(2, amx::packed_b_size(D, Tkp)) : nullptr;
+    uint16_t* values = args->bf16 ? amx::scratch(3, amx::packed_b_size(Tk, Dp)) : nullptr;
     for (int64_t task = ith; task < N * heads * blocks; task += nth) {
         if (stop_requested(args->cancel)) {  // a task: two sgemm of at most 2^18 scores x the head width
             return;
@@ -139,13 +140,30 @@ void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
         const float* kp = static_cast<const float*>(k->data) + n * Tk * C + h * D;
         const float* vp = static_cast<const float*>(v->data) + n * Tk * C + h * D;
         float* op = static_cast<float*>(dst->data) + (n * Tq + q0) * C + h * D;
-        product(args->bf16, kTrans, m, Tk, D, scale, qp, C, kp, C, 0.0f, scores.data(), Tk);
+        if (args->bf16) {
+            if (n * heads + h != packed_head) {
+                amx::pack_b_trans(kp, C, D, Tk, keys, Tkp);
+                amx::pack_b(vp, C, Tk, D, values);
+                packed_head = n * heads + h;
+            }
+            uint16_t* a = amx::scratch(0, amx::packed_a_size(m, D));
+            amx::pack_a(qp, C, m, D, a);
+            amx::gemm_packed(1, &a, keys, &no_shift, Tkp, true, m, Tk, D, scale, 0.0f, scores.data(), Tk);
+        } else {
+            product(kTrans, m, Tk, D, scale, qp, C, kp, C, 0.0f, scores.data(), Tk);
+        }
         float sums[512];
         for (int64_t r = 0; r < m; r++) {
             float* s = scores.data() + r * Tk;
             sums[r] = softmax_numerators(s, Tk);
         }
-        product(args->bf16, kNoTrans, m, D, Tk, 1.0f, scores.data(), Tk, vp, C, 0.0f, op, C);
+        if (args->bf16) {
+            uint16_t* a = amx::scratch(0, amx::packed_a_size(m, Tk));
+            amx::pack_a(scores.data(), Tk, m, Tk, a);
+            amx::gemm_packed(1, &a, values, &no_shift, Dp, true, m, D, Tk, 1.0f, 0.0f, op, C);
+        } else {
+            product(kNoTrans, m, D, Tk, 1.0f, scores.data(), Tk, vp, C, 0.0f, op, C);
+        }
         for (int64_t r = 0; r < m; r++) {
             const float inv = 1.0f / sums[r];
             for (int64_t d = 0; d < D; d++) {
@@ -159,8 +177,7 @@ void attention_blocks(ggml_tensor* dst, int ith, int nth, void* userdata) {
 void rows_product(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
-    const auto* args = static_cast<const OpArgs*>(userdata);
-    const CancelToken* cancel = args->cancel;
+    const auto* cancel = static_cast<const CancelToken*>(userdata);
     const int64_t K = w->ne[0], M = w->ne[1], R = ggml_nelements(x) / K;
     // Blocks of 16 rows keep each thread's sgemm on whole register tiles.
     const int64_t per = ((R + nth - 1) / nth + 15) & ~int64_t(15);
@@ -190,7 +207,7 @@ void rows_product(ggml_tensor* dst, int ith, int nth, void* userdata) {
                 std::copy(b + m0, b + m0 + nm, y + r * M);
             }
         }
-        product(args->bf16, kTrans, ny, nm, K, 1.0f, static_cast<const float*>(x->data) + y0 * K, K,
+        product(kTrans, ny, nm, K, 1.0f, static_cast<const float*>(x->data) + y0 * K, K,
                 static_cast<const float*>(w->data) + m0 * K, K, b != nullptr ? 1.0f : 0.0f, y, M);
     }
 }
@@ -202,8 +219,9 @@ void pack_weight_columns(ggml_tensor* dst, int ith, int nth, void*) {
     const int64_t per = ((N + nth - 1) / nth + 15) & ~int64_t(15);
     const int64_t n0 = std::min<int64_t>(N, per * ith), n1 = std::min<int64_t>(N, n0 + per);
     if (n0 < n1) {
-        amx::pack_b_trans_columns(w->data, w->type == GGML_TYPE_F16, static_cast<int64_t>(w->nb[1] / ggml_type_size(w->type)),
-                                  K, N, n0, n1, static_cast<uint16_t*>(dst->data), amx::pad32(N));
+        const auto row_stride = static_cast<int64_t>(w->nb[1] / ggml_type_size(w->type));
+        amx::pack_b_trans_columns(w->data, w->type == GGML_TYPE_F16, row_stride, K, N, n0, n1,
+                                  static_cast<uint16_t*>(dst->data), amx::pad32(N));
     }
 }
 
@@ -345,16 +363,17 @@ void conv3x3_channels(ggml_tensor* dst, int ith, int nth, void* userdata) {
                 const int64_t Np = amx::pad32(amx::pad32(P) + 2 * Wp + 2);
                 uint16_t* b = amx::scratch(3, amx::packed_b_size(C, Np));
                 amx::pack_b_rows(plane + y0 * Wp, Hp * Wp, C, span, b, Np);
-                amx::gemm_packed(9, packed_taps, b, shifts, Np, false, o1 - o0, P, C, 1.0f, bias == nullptr ? 0.0f : 1.0f,
-                                 acc.data(), P);
-            }
-            for (int t = 0; t < 9 && !args->bf16; t++) {
-                if (stop_requested(cancel)) {  // a tap: C multiply-adds per accumulator float (<= 2^20 of them)
-                    return;
+                amx::gemm_packed(9, packed_taps, b, shifts, Np, false, o1 - o0, P, C, 1.0f,
+                                 bias == nullptr ? 0.0f : 1.0f, acc.data(), P);
+            } else {
+                for (int t = 0; t < 9; t++) {
+                    if (stop_requested(cancel)) {  // a tap: C multiply-adds per accumulator float (<= 2^20 of them)
+                        return;
+                    }
+                    const int ky = t / 3, kx = t % 3;
+                    product(kNoTrans, o1 - o0, P, C, 1.0f, w + (t * OC + o0) * C, C, plane + (y0 + ky) * Wp + kx,
+                            Hp * Wp, t == 0 && bias == nullptr ? 0.0f : 1.0f, acc.data(), P);
                 }
-                const int ky = t / 3, kx = t % 3;
-                product(false, kNoTrans, o1 - o0, P, C, 1.0f, w + (t * OC + o0) * C, C, plane + (y0 + ky) * Wp + kx,
-                        Hp * Wp, t == 0 && bias == nullptr ? 0.0f : 1.0f, acc.data(), P);
             }
             for (int64_t o = o0; o < o1; o++) {
                 float* out = static_cast<float*>(dst->data) + ((n * OC + o) * H + y0) * W;
@@ -403,12 +422,10 @@ double flops(const ggml_tensor* node) {
     return 0.0;
 }
 
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel,
-                     bool bf16) {
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel) {
     ggml_tensor* args[] = {w, x, bias};
-    OpArgs* params = custom_op_args(ctx, OpArgs{cancel, bf16 && amx::available()});
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2,
-                          rows_product, GGML_N_TASKS_MAX, params);
+                          rows_product, GGML_N_TASKS_MAX, const_cast<CancelToken*>(cancel));
 }
 
 }  // namespace sdcpp::blas

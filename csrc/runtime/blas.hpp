@@ -28,11 +28,10 @@ bool enabled();
 //
 // Every op here stops early (leaving its output incomplete) once `cancel` (may be null) is set, looking at it
 // between blocks of at most a few milliseconds of one core's work; GraphRunner::run then throws CancelledError.
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel);
 //
-// bf16 (every op here): the products run on the AMX bf16 kernel (runtime/amx.hpp) instead of OpenBLAS, when
-// amx::available(); ignored otherwise.
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias, const CancelToken* cancel,
-                     bool bf16 = false);
+// bf16 (conv3x3 and attention below): their products run on the AMX bf16 kernel (runtime/amx.hpp) instead of
+// OpenBLAS, when amx::available(); ignored otherwise. mul_mat_bf16 is the bf16 form of mul_mat.
 
 // The same product in bf16 on AMX (amx::available() must hold) for an f32 or f16 weight w [K, M] (contiguous):
 // one node packs the weight into AMX's layout in the compute buffer (the size of an f16 copy, threads splitting its

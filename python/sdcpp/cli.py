@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from .checks import PRECISIONS
 from .errors import SdcppError
 
 
@@ -82,6 +83,11 @@ def _request(a) -> dict:
                 vae_type=a.vae_type, rules=a.rule or None, layout=a.layout, loras=a.lora or None)
 
 
+def _add_precision_arg(p: argparse.ArgumentParser):
+    p.add_argument("--precision", choices=PRECISIONS, default="f32",
+                   help="product precision: bf16 runs on AMX where the CPU has it (faster, ~1e-2 rel. error)")
+
+
 def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", required=True, help="checkpoint file (.safetensors / .gguf) or diffusers folder")
     p.add_argument("-p", "--prompt", required=True)
@@ -131,8 +137,7 @@ def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("--vae-type")
     p.add_argument("--prediction", choices=["epsilon", "v_prediction"])
     p.add_argument("-t", "--threads", type=int, default=0)
-    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
-                   help="product precision: bf16 runs on AMX where the CPU has it (faster, ~1e-2 rel. error)")
+    _add_precision_arg(p)
     _add_lora_args(p)
     p.add_argument("--lora-dir", help="folder where <lora:name:strength> prompt tags find NAME.safetensors")
 
@@ -222,8 +227,7 @@ def _add_serve_args(p: argparse.ArgumentParser):
     p.add_argument("--prediction", choices=["epsilon", "v_prediction"])
     p.add_argument("--rng", default="philox", help="default noise: philox (A1111's GPU noise), cpu, numpy")
     p.add_argument("-t", "--threads", type=int, default=0)
-    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
-                   help="product precision: bf16 runs on AMX where the CPU has it (faster, ~1e-2 rel. error)")
+    _add_precision_arg(p)
     _add_lora_args(p)
     p.add_argument("--lora-dir", help="folder where <lora:name:strength> prompt tags find NAME.safetensors")
     p.add_argument("--max-size", type=int, default=2048, help="largest width or height accepted")

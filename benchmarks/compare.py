@@ -15,6 +15,8 @@ Runtimes are `name:type[:key=value,...]`:
   diffusers:f32, diffusers:bf16             diffusers' models, bf16 loaded with torch_dtype=torch.bfloat16
   openvino:f32, openvino:bf16               `openvino.convert_model` of the same diffusers models at a static shape
                                             (IR cached under --dir; INFERENCE_PRECISION_HINT, PERFORMANCE_HINT=LATENCY)
+An sdcpp runtime's `core=PATH` option runs it with that build of the extension (SDCPP_CORE_PATH), e.g. an installed
+wheel's site-packages/sdcpp/_core*.so next to a source build's build/_core*.so; the table names it by its folder.
 OpenVINO is optional (`pip install openvino`); a conversion takes minutes and several GB once per shape.
 With every runtime alive at once the workers hold ~15-20 GB; --respawn starts each worker afresh per round instead.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -81,6 +84,7 @@ def sdcpp_worker(folder: Path, dtype: str, options: dict, threads: int):
     from sdcpp.models.unet import UNet
     from sdcpp.models.vae import VAE
 
+    options = {k: v for k, v in options.items() if k != "core"}  # the build: set by the driver (Worker)
     weights = sdcpp.load_weights(folder, unet_type=dtype, vae_type=dtype, n_threads=threads, progress=False)
     unet = UNet(weights, n_threads=threads, **options)
     vae = VAE(weights, n_threads=threads, **options)
@@ -199,7 +203,7 @@ def worker(folder: Path, spec: str, threads: int, shapes) -> None:
         t0 = time.perf_counter()
         out = run(kind, int(size))
         seconds = time.perf_counter() - t0
-        np.save(out_dir / f"{spec.replace(':', '_')}-{kind}{size}.npy", out)
+        np.save(out_dir / f"{output_key(spec)}-{kind}{size}.npy", out)
         print(f"{seconds:.4f}", flush=True)
     print(f"rss {peak_rss_gib():.2f}", flush=True)
 
@@ -215,7 +219,11 @@ class Worker:
     def __init__(self, folder: Path, spec: str, threads: int, shapes):
         cmd = [sys.executable, __file__, "--dir", str(folder), "--threads", str(threads), "--worker", spec,
                "--shapes", json.dumps(shapes)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ)
+        core = parse_runtime(spec)[2].get("core")
+        if core:
+            env["SDCPP_CORE_PATH"] = core
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):
             raise WorkerFailed(f"{spec}: worker failed to start (exit {self.proc.wait()})")
@@ -235,6 +243,19 @@ class Worker:
         rss = float(self.proc.stdout.readline().split()[1])
         self.proc.wait()
         return rss
+
+
+def output_key(spec: str) -> str:
+    """A file name for a runtime's outputs (a core=PATH option holds slashes)."""
+    return re.sub(r"[^\w.=-]", "_", spec)
+
+
+def short_name(spec: str) -> str:
+    """The table's name of a runtime: a core=PATH option shows as the folder holding that build."""
+    head, _, opts = spec.partition(":")
+    kind, _, opts = opts.partition(":")
+    shown = [f"core={Path(o[5:]).parent.name}" if o.startswith("core=") else o for o in opts.split(",") if o]
+    return ":".join([head, kind, ",".join(shown)] if shown else [head, kind])
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
@@ -313,12 +334,12 @@ def main():
     print(f"{'runtime':<26}" + "".join(f"{c:>18}" for c in cols) + "".join(f"{'err ' + c:>18}" for c in cols)
           + f"{'load s':>8}{'peak GiB':>9}")
     for r in a.runtimes:
-        row = f"{r:<26}"
+        row = f"{short_name(r):<26}"
         for s in shapes:
             t = times[(r, s)]
             row += f"{statistics.median(t):>10.3f} ({min(t):.3f})" if t else f"{'failed':>18}"
         for s in shapes:
-            path = out / f"{r.replace(':', '_')}-{s[0]}{s[1]}.npy"
+            path = out / f"{output_key(r)}-{s[0]}{s[1]}.npy"
             row += f"{rel_l2(np.load(path), ref[s]):>18.1e}" if path.exists() else f"{'-':>18}"
         print(row + f"{load.get(r, float('nan')):>8.1f}{rss[r]:>9.2f}")
 

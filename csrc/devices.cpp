@@ -1,6 +1,12 @@
 #include "devices.hpp"
 
+#include <dlfcn.h>
+
 #include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
 #include <stdexcept>
 
 namespace sdcpp {
@@ -26,7 +32,84 @@ std::string lower(std::string s) {
 
 std::string str_or_empty(const char* s) { return s != nullptr ? s : ""; }
 
+// The shared object that holds `address` (a function of ggml or of a backend module).
+std::string library_of(const void* address) {
+    Dl_info info{};
+    if (address != nullptr && dladdr(address, &info) != 0 && info.dli_fname != nullptr) {
+        return info.dli_fname;
+    }
+    return "";
+}
+
+std::string folder_of(const std::string& path) {
+    const size_t slash = path.find_last_of('/');
+    return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+// "libggml-cpu-haswell.so" -> "haswell"; the libggml file itself -> "built-in".
+std::string variant_of(const std::string& cpu_backend) {
+    if (cpu_backend.empty()) {
+        return "";
+    }
+    const std::string file = cpu_backend.substr(cpu_backend.find_last_of('/') + 1);
+    const std::string prefix = "libggml-cpu-";
+    if (file.rfind(prefix, 0) != 0) {
+        return "built-in";
+    }
+    return file.substr(prefix.size(), file.find('.') - prefix.size());
+}
+
+// ggml prints every backend it loads at INFO level; on each import that is noise. Warnings and errors still reach
+// stderr, everything with SDCPP_GGML_LOG=1.
+void quiet_log(enum ggml_log_level level, const char* text, void* /*user_data*/) {
+    static const bool verbose = std::getenv("SDCPP_GGML_LOG") != nullptr;
+    static enum ggml_log_level last = GGML_LOG_LEVEL_INFO;
+    if (level != GGML_LOG_LEVEL_CONT) {
+        last = level;
+    }
+    if (verbose || last >= GGML_LOG_LEVEL_WARN) {
+        std::fputs(text, stderr);
+    }
+}
+
+// Every backend module in `dir` except the CPU variants: libggml-cuda.so, libggml-metal.so, ...
+void load_gpu_modules(const std::string& dir) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        const bool module = name.rfind("libggml-", 0) == 0 && name.size() > 3 && name.substr(name.size() - 3) == ".so";
+        if (module && name.rfind("libggml-cpu", 0) != 0 && name.rfind("libggml-base", 0) != 0) {
+            ggml_backend_load(entry.path().string().c_str());
+        }
+    }
+}
+
 }  // namespace
+
+std::string ggml_library_dir() {
+    return folder_of(library_of(reinterpret_cast<const void*>(&ggml_backend_load_all_from_path)));
+}
+
+std::string load_backends(const std::string& dir) {
+    static std::once_flag once;
+    static std::string searched;
+    std::call_once(once, [&] {
+        ggml_log_set(quiet_log, nullptr);
+        searched = dir.empty() ? ggml_library_dir() : dir;
+        if (ggml_backend_reg_by_name("CPU") != nullptr) {
+            // A libggml built without GGML_BACKEND_DL (sdcpp build-ggml, native) has its CPU backend compiled in;
+            // ggml's loader would register a CPU variant beside it, so only the GPU modules are loaded here.
+            load_gpu_modules(searched);
+            return;
+        }
+        ggml_backend_load_all_from_path(searched.c_str());
+        if (ggml_backend_reg_by_name("CPU") == nullptr) {  // thrown out of call_once: the next call tries again
+            throw std::runtime_error("no ggml CPU backend for this CPU in " + searched +
+                                     " (expected libggml-cpu-<variant>.so files there)");
+        }
+    });
+    return searched;
+}
 
 SystemInfo system_info() {
     SystemInfo info;
@@ -51,6 +134,8 @@ SystemInfo system_info() {
                 info.cpu_features.emplace_back(f->name, str_or_empty(f->value));
             }
         }
+        info.cpu_backend = library_of(reinterpret_cast<const void*>(get_features));
+        info.cpu_variant = variant_of(info.cpu_backend);
     }
     return info;
 }

@@ -22,7 +22,17 @@ struct SystemInfo {
     std::vector<DeviceInfo> devices;
     std::vector<std::string> registries;
     std::vector<std::pair<std::string, std::string>> cpu_features;
+    std::string cpu_backend;  // file the CPU backend was loaded from
+    std::string cpu_variant;  // "haswell", "sapphirerapids", ...; "built-in" when libggml carries the CPU backend
 };
+
+// The folder libggml was loaded from (where the wheel keeps the backend modules).
+std::string ggml_library_dir();
+
+// Registers ggml's backend modules in `dir` once per process: the CPU variant that scores best on this CPU and
+// any GPU module (libggml-cuda.so, ...). A libggml with a built-in CPU backend (no GGML_BACKEND_DL) loads
+// only the GPU modules. Returns the folder searched. Throws std::runtime_error when no CPU backend is registered.
+std::string load_backends(const std::string& dir);
 
 SystemInfo system_info();
 

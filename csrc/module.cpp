@@ -48,6 +48,8 @@ py::dict py_system_info() {
     out["devices"] = devices;
     out["registries"] = info.registries;
     out["cpu_features"] = features;
+    out["cpu_backend"] = info.cpu_backend;
+    out["cpu_variant"] = info.cpu_variant;
     return out;
 }
 
@@ -240,6 +242,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("ggml_version", [] { return std::string(ggml_version()); });
     m.def("ggml_commit", [] { return std::string(ggml_commit()); });
     m.def("system_info", &py_system_info);
+    m.def("ggml_library_dir", &ggml_library_dir, "The folder libggml was loaded from.");
+    m.def("load_backends", &load_backends, py::arg("dir") = "",
+          "Register ggml's backend modules (the best CPU variant for this CPU, GPU modules) from `dir`, by default "
+          "the folder of libggml; once per process. Returns the folder searched.");
     m.def("physical_cores", &physical_cores, "Physical CPU cores: the default thread count (n_threads=0).");
     m.def("type_info", &py_type_info, py::arg("name"));
     m.def("type_names", &type_names);

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -58,3 +59,24 @@ def reference_state_dicts(fixtures_dir):
     from fixtures.reference import load_reference
 
     return lambda family: load_reference(fixtures_dir / family)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def test_device():
+    """SDCPP_TEST_DEVICE=auto (scripts/gpu_check.sh): every model a test loads for the CPU goes to that device instead,
+    so the parity tests check a GPU build against the same references. Unset: the CPU, as always."""
+    chosen = os.environ.get("SDCPP_TEST_DEVICE")
+    if not chosen:
+        yield "cpu"
+        return
+    import sdcpp.weights as weights
+
+    original = weights.load_planned
+
+    def on_test_device(index, plan, device="cpu", **kwargs):
+        return original(index, plan, device=chosen if device == "cpu" else device, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(weights, "load_planned", on_test_device)
+        yield chosen
+

@@ -1,10 +1,10 @@
-"""Loader for the compiled extension ``sdcpp._core``.
+"""Loader for the compiled extension ``sdcpp._core`` and the ggml it ships with.
 
-``_core`` links against the ggml shared libraries shipped by the ``libggml-python`` package. Its
-RUNPATH already points at them, but we also preload them with ctypes: that covers builds where
-the RUNPATH does not fit (in-place or ``--target`` installs, libggml in another site directory).
-The dynamic loader matches already-loaded libraries by SONAME, so a preloaded ``libggml.so.0``
-satisfies ``_core``'s dependency.
+The wheel carries ggml in ``sdcpp/lib/``: ``libggml`` and ``libggml-base`` (found through ``_core``'s RUNPATH)
+and one CPU backend module per instruction-set level (``libggml-cpu-haswell.so``, ``-skylakex``,
+``-sapphirerapids``, ...). Nothing runs until ``core()`` registers the modules: ggml scores each against the
+running CPU and keeps the best, so one wheel is fast on AMX and safe on a CPU without AVX-512
+(cmake/bundled_ggml.cmake). A GPU module put in the same folder (``sdcpp build-ggml --cuda``) is registered too.
 """
 
 from __future__ import annotations
@@ -19,36 +19,22 @@ import sys
 from types import ModuleType
 
 _REBUILD_HINT = (
-    "Reinstall sdcpp so the extension is rebuilt against the installed ggml, e.g. "
-    "`pip install --force-reinstall --no-deps <path to the sdcpp source tree>` "
-    "(needs a C++17 compiler and CMake), and make sure `libggml-python==0.20.2.post1` is installed."
+    "Reinstall sdcpp so the extension and its ggml are rebuilt, e.g. "
+    "`pip install --force-reinstall --no-deps <path to the sdcpp source tree>` (needs a C/C++ compiler and CMake)."
 )
-
-
-def _libggml_lib_dirs() -> list[str]:
-    """Library folders of the installed libggml package (lib64: PyPI wheel, lib: local sdist build)."""
-    spec = importlib.util.find_spec("libggml")  # locate without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    dirs = []
-    for root in spec.submodule_search_locations:
-        for sub in ("lib64", "lib"):
-            path = os.path.join(root, sub)
-            if os.path.isdir(path):
-                dirs.append(path)
-    return dirs
 
 
 def _try_load(path: str) -> bool:
     try:
-        ctypes.CDLL(path)
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError:
         return False
     return True
 
 
 def _preload_cuda_runtime() -> None:
-    """A CUDA build of libggml needs cudart/cuBLAS, whose RUNPATH does not reach pip's nvidia packages."""
+    """libggml-cuda needs cudart/cuBLAS, whose RUNPATH does not reach pip's nvidia-* packages: load them first
+    (the dynamic loader then matches them by soname)."""
     for site in sys.path:
         nvidia = os.path.join(site, "nvidia")
         if not os.path.isdir(nvidia):
@@ -59,16 +45,15 @@ def _preload_cuda_runtime() -> None:
                 _try_load(path)
 
 
-def _preload_ggml() -> None:
-    for lib_dir in _libggml_lib_dirs():
-        ggml = os.path.join(lib_dir, "libggml.so.0")
-        if not os.path.exists(ggml):
-            continue
-        if glob.glob(os.path.join(lib_dir, "libggml-cuda.so*")):
-            _preload_cuda_runtime()
-        # libggml's own RUNPATH ($ORIGIN) brings in ggml-base and the backends next to it.
-        if _try_load(ggml):
-            return
+def _load_backends(module: ModuleType) -> None:
+    """Register ggml's backend modules from SDCPP_GGML_BACKEND_DIR, else from the folder libggml came from."""
+    folder = os.environ.get("SDCPP_GGML_BACKEND_DIR") or module.ggml_library_dir()
+    if sys.platform.startswith("linux") and glob.glob(os.path.join(folder, "libggml-cuda*")):
+        _preload_cuda_runtime()
+    try:
+        module.load_backends(folder)
+    except RuntimeError as e:
+        raise ImportError(f"sdcpp could not load ggml's backends: {e}. {_REBUILD_HINT}") from e
 
 
 def _load_blas(module: ModuleType) -> None:
@@ -88,13 +73,12 @@ def _load_blas(module: ModuleType) -> None:
 def core() -> ModuleType:
     """Return the ``sdcpp._core`` extension module, loading ggml first."""
     module = _load_core()
+    _load_backends(module)
     _load_blas(module)
     return module
 
 
 def _load_core() -> ModuleType:
-    if sys.platform.startswith("linux"):
-        _preload_ggml()
     try:
         override = os.environ.get("SDCPP_CORE_PATH")
         if override:  # development: a `cmake --build` output used with the source tree on PYTHONPATH

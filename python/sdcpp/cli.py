@@ -88,6 +88,11 @@ def _add_precision_arg(p: argparse.ArgumentParser):
                    help="product precision: bf16 runs on AMX where the CPU has it (faster, ~1e-2 rel. error)")
 
 
+def _add_device_arg(p: argparse.ArgumentParser):
+    p.add_argument("--device", default="cpu",
+                   help="cpu, auto (the GPU when ggml has one: sdcpp build-ggml --cuda) or a device from system-info")
+
+
 def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", required=True, help="checkpoint file (.safetensors / .gguf) or diffusers folder")
     p.add_argument("-p", "--prompt", required=True)
@@ -137,6 +142,7 @@ def _add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("--vae-type")
     p.add_argument("--prediction", choices=["epsilon", "v_prediction"])
     p.add_argument("-t", "--threads", type=int, default=0)
+    _add_device_arg(p)
     _add_precision_arg(p)
     _add_lora_args(p)
     p.add_argument("--lora-dir", help="folder where <lora:name:strength> prompt tags find NAME.safetensors")
@@ -158,7 +164,7 @@ def _generate(a) -> int:
     load = dict(vae=a.vae, type=a.type, unet_type=a.unet_type, te_type=a.te_type, vae_type=a.vae_type)
     sizes = {k: getattr(a, k) for k in ("original_size", "target_size", "negative_original_size",
                                         "negative_target_size") if getattr(a, k) is not None}
-    model = Model(a.model, n_threads=a.threads, prediction=a.prediction, loras=a.lora or None,
+    model = Model(a.model, device=a.device, n_threads=a.threads, prediction=a.prediction, loras=a.lora or None,
                   lora_mode=a.lora_mode, lora_dir=a.lora_dir, precision=a.precision,
                   **{k: v for k, v in load.items() if v is not None})
     images = model.generate(a.prompt, a.negative_prompt, steps=a.steps, guidance_scale=a.cfg, sampler=a.sampler,
@@ -170,7 +176,7 @@ def _generate(a) -> int:
                             **(_embeds_file(a.embeds) if a.embeds else {}), **sizes, hr_scale=a.hr_scale,
                             hr_upscaler=a.hr_upscaler, hr_denoising_strength=a.hr_denoising_strength,
                             hr_steps=a.hr_steps, vae_tiling=a.vae_tiling, tile_size=a.tile_size,
-                            refiner=Model(a.refiner, n_threads=a.threads) if a.refiner else None,
+                            refiner=Model(a.refiner, device=a.device, n_threads=a.threads) if a.refiner else None,
                             denoising_end=a.denoising_end)
     for path, img, info in zip(outputs, images, images.info, strict=True):
         save_png(img, path)
@@ -208,7 +214,7 @@ def _serve(a) -> int:
     token = a.token or os.environ.get("SDCPP_TOKEN") or None
     limits = Limits(max_size=a.max_size, max_steps=a.max_steps, max_images=a.max_images, max_queue=a.max_queue)
     load = dict(vae=a.vae, type=a.type)
-    model = Model(a.model, n_threads=a.threads, prediction=a.prediction, loras=a.lora or None,
+    model = Model(a.model, device=a.device, n_threads=a.threads, prediction=a.prediction, loras=a.lora or None,
                   lora_mode=a.lora_mode, lora_dir=a.lora_dir, precision=a.precision,
                   **{k: v for k, v in load.items() if v is not None})
     serve(model, path=a.model, host=a.host, port=a.port, token=token, limits=limits, rng=a.rng,
@@ -227,6 +233,7 @@ def _add_serve_args(p: argparse.ArgumentParser):
     p.add_argument("--prediction", choices=["epsilon", "v_prediction"])
     p.add_argument("--rng", default="philox", help="default noise: philox (A1111's GPU noise), cpu, numpy")
     p.add_argument("-t", "--threads", type=int, default=0)
+    _add_device_arg(p)
     _add_precision_arg(p)
     _add_lora_args(p)
     p.add_argument("--lora-dir", help="folder where <lora:name:strength> prompt tags find NAME.safetensors")
@@ -320,9 +327,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="an A1111- and OpenAI-compatible HTTP server for one model (sdcpp[server])")
     _add_serve_args(p)
 
-    p = sub.add_parser("build-ggml", help="rebuild ggml (libggml-python) natively for this CPU, or for CUDA")
-    p.add_argument("--cuda", metavar="ARCHS", help="CUDA architectures, e.g. 86 or '80;90'")
-    p.add_argument("--dry-run", action="store_true", help="print the command only")
+    p = sub.add_parser("build-ggml", help="build ggml for CUDA, Metal or exactly this CPU, beside the bundled one")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--cuda", metavar="ARCHS", help="CUDA architectures, e.g. 86 or '80;90' (libggml-cuda)")
+    g.add_argument("--metal", action="store_true", help="the Metal backend (macOS)")
+    g.add_argument("--restore", action="store_true", help="undo a native CPU build: back to the bundled variants")
+    p.add_argument("--lib-dir", help="where the module goes (default: the folder the installed sdcpp loads ggml from)")
+    p.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: all cores)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
 
     sub.add_parser("system-info", help="ggml version, devices and CPU features")
 
@@ -361,7 +373,8 @@ def main(argv=None) -> int:
         elif a.command == "build-ggml":
             from .build_ggml import run
 
-            return run(cuda=a.cuda, dry_run=a.dry_run)
+            return run(cuda=a.cuda, metal=a.metal, dry_run=a.dry_run, restore_variants=a.restore, lib_dir=a.lib_dir,
+                       jobs=a.jobs)
         elif a.command == "system-info":
             from ._native import core
 

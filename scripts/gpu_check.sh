@@ -40,7 +40,9 @@ import sdcpp
 from sdcpp._native import core
 
 summary = open("parity-gpu.txt").read().strip().splitlines()[-1]
-rows = [("parity tests on the GPU (pytest rc %s)" % sys.argv[1], summary)]
+gpus = [d["name"] for d in core().system_info()["devices"] if d["type"] == "gpu"]
+rows = [("GPU devices", ", ".join(gpus) or "NONE: every row below ran on the CPU"),
+        ("parity tests, models on device auto (pytest rc %s)" % sys.argv[1], summary)]
 images = {}
 for device in ("auto", "cpu"):
     m = sdcpp.Model("tiny-sd1.safetensors", device=device)
@@ -54,6 +56,9 @@ rows.append(("GPU vs CPU image, max / mean |diff| (0..255)", f"{diff.max():.1f} 
 print("| check | result |\n|---|---|")
 for k, v in rows:
     print(f"| {k} | {v} |")
+sys.exit(0 if gpus else 3)
 EOF
+table_rc=${PIPESTATUS[0]}
 echo "logs in $out"
+[ "$table_rc" -eq 0 ] || { echo "no GPU device: this was not a GPU check" >&2; exit "$table_rc"; }
 exit $parity_rc

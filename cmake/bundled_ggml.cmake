@@ -23,6 +23,16 @@ string(JSON SDCPP_GGML_SDIST_FILE GET "${_pin}" sdist)
 string(JSON SDCPP_GGML_SDIST_SHA256 GET "${_pin}" sha256)
 string(JSON SDCPP_GGML_COMMIT GET "${_pin}" ggml_commit)
 set(SDCPP_GGML_SDIST "${_pin_package}==${_pin_version}")
+# ggml's options, shared with build-ggml so the modules it adds match this build. Backend modules go into lib/
+# beside libggml, the folder ggml_backend_load_all_from_path() is given. ggml asks git for its commit, which inside
+# sdcpp's checkout would be sdcpp's (hence GIT_EXE=OFF): give the sdist's instead.
+set(_ggml_args "-DGGML_BUILD_COMMIT=${SDCPP_GGML_COMMIT}")
+string(JSON _n LENGTH "${_pin}" cmake_args)
+math(EXPR _last "${_n} - 1")
+foreach(_i RANGE ${_last})
+    string(JSON _arg GET "${_pin}" cmake_args ${_i})
+    list(APPEND _ggml_args "${_arg}")
+endforeach()
 
 set(SDCPP_GGML_SOURCE "$ENV{SDCPP_GGML_SOURCE}" CACHE STRING
     "ggml source: a folder with ggml's CMakeLists.txt, or the libggml-python sdist; empty: fetch it with pip")
@@ -66,7 +76,7 @@ else()
         # --no-deps: only the archive is wanted (pip still prepares its metadata, in an isolated env of its own).
         execute_process(
             COMMAND "${Python_EXECUTABLE}" -m pip download --disable-pip-version-check --no-deps
-                    --no-binary=libggml-python -d "${CMAKE_BINARY_DIR}/ggml-sdist"
+                    --no-binary=${_pin_package} -d "${CMAKE_BINARY_DIR}/ggml-sdist"
                     "${SDCPP_GGML_SDIST}"
             RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
         if(NOT _rc EQUAL 0 OR NOT EXISTS "${_archive}")
@@ -82,12 +92,6 @@ endif()
 message(STATUS "sdcpp: ggml source ${_ggml_src}")
 
 set(SDCPP_GGML_PREFIX "${CMAKE_BINARY_DIR}/ggml")
-# Backend modules go into lib/ beside libggml, the folder ggml_backend_load_all_from_path() is given.
-set(_ggml_args
-    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_LLAMAFILE=ON
-    -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DCMAKE_INSTALL_LIBDIR=lib -DCMAKE_INSTALL_BINDIR=lib
-    # ggml asks git for its commit, which inside sdcpp's checkout would be sdcpp's: give the sdist's instead.
-    -DGIT_EXE=OFF -DGGML_BUILD_COMMIT=${SDCPP_GGML_COMMIT})
 if(SDCPP_GGML_ALL_VARIANTS)
     list(APPEND _ggml_args -DGGML_CPU_ALL_VARIANTS=ON)
 endif()

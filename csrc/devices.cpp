@@ -77,7 +77,7 @@ void load_gpu_modules(const std::string& dir) {
     std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
         const std::string name = entry.path().filename().string();
-        const bool module = name.rfind("libggml-", 0) == 0 && name.size() > 3 && name.substr(name.size() - 3) == ".so";
+        const bool module = name.rfind("libggml-", 0) == 0 && name.substr(name.size() - 3) == ".so";
         if (module && name.rfind("libggml-cpu", 0) != 0 && name.rfind("libggml-base", 0) != 0) {
             ggml_backend_load(entry.path().string().c_str());
         }

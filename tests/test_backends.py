@@ -73,6 +73,8 @@ def test_the_ggml_pin_is_one_fact_shared_by_cmake_and_python():
     cmake = (ROOT / "cmake" / "bundled_ggml.cmake").read_text()
     assert "ggml_pin.json" in cmake and "sha256" in cmake
     assert not re.search(r"[0-9a-f]{64}", cmake), "the sha256 belongs in python/sdcpp/ggml_pin.json only"
+    assert "cmake_args" in cmake and "-DGGML_LLAMAFILE=ON" not in cmake, "ggml's options live in the pin file too"
+    assert "-DGGML_BACKEND_DL=ON" in PIN["cmake_args"] and "-DGGML_LLAMAFILE=ON" in PIN["cmake_args"]
     assert re.fullmatch(r"[0-9a-f]{64}", PIN["sha256"])
     assert PIN["sdist"] == f"{PIN['package'].replace('-', '_')}-{PIN['version']}.tar.gz"
     assert core().ggml_commit().startswith(PIN["ggml_commit"])

@@ -33,10 +33,8 @@ PIN = json.loads((Path(__file__).with_name("ggml_pin.json")).read_text())
 CUBLAS_PACKAGE = "nvidia-cublas"
 BUNDLED_ASIDE = "bundled"
 SONAME = "*.0.dylib" if sys.platform == "darwin" else "*.so.0"
-# The options of the bundled build (cmake/bundled_ggml.cmake) that decide the ABI between libggml and its modules.
-COMMON_ARGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_LLAMAFILE=ON",
-               "-DGGML_BUILD_TESTS=OFF", "-DGGML_BUILD_EXAMPLES=OFF", "-DCMAKE_INSTALL_LIBDIR=lib",
-               "-DCMAKE_INSTALL_BINDIR=lib", "-DGIT_EXE=OFF", f"-DGGML_BUILD_COMMIT={PIN['ggml_commit']}"]
+# The bundled build's options (cmake/bundled_ggml.cmake reads the same list), so what is built here matches it.
+COMMON_ARGS = [*PIN["cmake_args"], f"-DGGML_BUILD_COMMIT={PIN['ggml_commit']}"]
 
 
 class BuildError(SdcppError):
@@ -50,18 +48,27 @@ def library_dir() -> Path:
     return Path(core().ggml_library_dir())
 
 
+def cublas_wheel() -> tuple[str, dict[str, str]] | None:
+    """(root, {"libcublas": path, "libcublasLt": path}) of an installed nvidia-cublas wheel (nvidia/cu13 or the older
+    nvidia/cublas layout), or None."""
+    site = sysconfig.get_paths()["purelib"]
+    for root in sorted(glob.glob(os.path.join(site, "nvidia", "cu*"))) + [os.path.join(site, "nvidia", "cublas")]:
+        libs = {os.path.basename(p).split(".so")[0]: p for p in glob.glob(os.path.join(root, "lib", "libcublas*.so.*"))}
+        if "libcublas" in libs and "libcublasLt" in libs:
+            return root, libs
+    return None
+
+
 def cuda_args(archs: str) -> list[str]:
     """CUDA needs cuBLAS headers and libraries; they come from the nvidia-cublas wheel when the system toolkit
     lacks them. GGML_CUDA_NO_VMM avoids linking libcuda, absent on machines without a driver. GGML_CPU=OFF: the
     CPU modules are the bundled ones."""
     args = ["-DGGML_CUDA=ON", "-DGGML_CPU=OFF", f"-DCMAKE_CUDA_ARCHITECTURES={archs}", "-DGGML_CUDA_NO_VMM=ON"]
-    site = sysconfig.get_paths()["purelib"]
-    for cb in sorted(glob.glob(os.path.join(site, "nvidia", "cu*"))) + [os.path.join(site, "nvidia", "cublas")]:
-        libs = {os.path.basename(p).split(".so")[0]: p for p in glob.glob(os.path.join(cb, "lib", "libcublas*.so.*"))}
-        if "libcublas" in libs and "libcublasLt" in libs:
-            args += [f"-DCUDA_cublas_LIBRARY={libs['libcublas']}", f"-DCUDA_cublasLt_LIBRARY={libs['libcublasLt']}",
-                     f"-DCMAKE_CUDA_FLAGS=-I{cb}/include", f"-DCMAKE_CXX_FLAGS=-I{cb}/include"]
-            break
+    found = cublas_wheel()
+    if found:
+        root, libs = found
+        args += [f"-DCUDA_cublas_LIBRARY={libs['libcublas']}", f"-DCUDA_cublasLt_LIBRARY={libs['libcublasLt']}",
+                 f"-DCMAKE_CUDA_FLAGS=-I{root}/include", f"-DCMAKE_CXX_FLAGS=-I{root}/include"]
     return args
 
 
@@ -154,6 +161,11 @@ def run(cuda: str | None = None, metal: bool = False, dry_run: bool = False, res
     dest = Path(lib_dir) if lib_dir else library_dir()
     if restore_variants:
         return restore(dest)
+    if not dry_run and shutil.which("cmake") is None:
+        raise BuildError("cmake is not on PATH (pip install cmake) and a C/C++ compiler is needed")
+    if cuda and not dry_run and cublas_wheel() is None:
+        # cuBLAS headers/libs for the build, when the CUDA toolkit lacks them.
+        subprocess.run([sys.executable, "-m", "pip", "install", CUBLAS_PACKAGE], check=False)
     args, pattern = backend_args(cuda, metal)
     jobs = jobs or os.cpu_count() or 2
     if dry_run:
@@ -161,12 +173,6 @@ def run(cuda: str | None = None, metal: bool = False, dry_run: bool = False, res
             print(" ".join(cmd))
         print(f"then copy <work>/prefix/lib/{pattern} into {dest}")
         return 0
-    if shutil.which("cmake") is None:
-        raise BuildError("cmake is not on PATH (pip install cmake) and a C/C++ compiler is needed")
-    if cuda and not glob.glob(os.path.join(sysconfig.get_paths()["purelib"], "nvidia", "cu*", "lib", "libcublas*")):
-        # cuBLAS headers/libs for the build, when the CUDA toolkit lacks them.
-        subprocess.run([sys.executable, "-m", "pip", "install", CUBLAS_PACKAGE], check=False)
-        args, pattern = backend_args(cuda, metal)
     with tempfile.TemporaryDirectory(prefix="sdcpp-ggml-") as tmp:
         work = Path(tmp)
         src = source_dir(work)

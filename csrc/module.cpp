@@ -21,6 +21,7 @@
 #include "runtime/blas.hpp"
 #include "runtime/cancel.hpp"
 #include "runtime/graph_runner.hpp"
+#include "runtime/peaks.hpp"
 #include "weight_store.hpp"
 
 namespace py = pybind11;
@@ -265,6 +266,17 @@ PYBIND11_MODULE(_core, m) {
     m.def("blas_enabled", &blas::enabled);
     m.def("amx_available", &amx::available, "AMX bf16 products can run here (precision='bf16' uses them).");
     m.def("amx_unavailable_reason", &amx::unavailable_reason);
+    m.def(
+        "instruction_peaks",
+        [](double seconds) {
+            if (!(seconds > 0.0 && seconds <= 10.0)) {
+                throw std::invalid_argument("instruction_peaks: seconds must be in (0, 10]");
+            }
+            py::gil_scoped_release nogil;
+            return peaks::instruction_peaks(seconds);
+        },
+        py::arg("seconds") = 0.1,
+        "GFLOP/s of one core for each multiply-add instruction this CPU supports (f32 FMA, vdpbf16ps, f16 FMA).");
     m.def("amx_gemm", &py_amx_gemm, py::arg("a"), py::arg("b"), py::arg("trans_b") = false,
           "a @ b (or a @ b.T) of float32 matrices on one thread's AMX bf16 kernel (for tests and benchmarks).");
     bind_weight_store(m);

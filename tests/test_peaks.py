@@ -25,8 +25,9 @@ def test_peaks_measure_each_supported_instruction():
         assert "f32_fma_avx2" in peaks
     if "AVX512" in features:
         assert "f32_fma_avx512" in peaks
-        # Twice the lanes of the AVX2 loop: never slower than it (a register-only loop cannot be memory bound).
-        assert peaks["f32_fma_avx512"] > 0.8 * peaks["f32_fma_avx2"]
+        # Twice the lanes of the AVX2 loop: 2x its rate on Intel, ~1x where zmm is split in two (Zen 4); half of it
+        # would mean a broken loop (a register-only loop cannot be memory bound), with room for a noisy neighbour.
+        assert peaks["f32_fma_avx512"] > 0.5 * peaks["f32_fma_avx2"]
     if "AVX512_BF16" in features:
         assert "bf16_dot_avx512" in peaks
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
+
+from bench_matmul import numpy_seconds  # this folder is sys.path[0] when run as a script
 
 LABELS = {
     "f32_fma_avx2": "f32 FMA, AVX2 (vfmadd231ps ymm)",
@@ -25,20 +26,6 @@ LABELS = {
     "bf16_dot_avx512": "bf16 dot, AVX512-BF16 (vdpbf16ps)",
     "f16_fma_avx512": "f16 FMA, AVX512-FP16 (vfmadd231ph)",
 }
-
-
-def numpy_one_thread_gflops(M=2048, N=1280, K=1280, iters=3) -> float:
-    """Best of `iters` single-thread sgemm calls (thread count set before numpy loads OpenBLAS)."""
-    import numpy as np
-
-    a = np.random.default_rng(0).standard_normal((M, K), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((K, N), dtype=np.float32)
-    best = float("inf")
-    for _ in range(iters):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * M * N * K / best / 1e9
 
 
 def main():
@@ -52,12 +39,13 @@ def main():
             os.environ[var] = "1"
 
     from sdcpp._native import core
+    from sdcpp.cli import cpu_products
 
     c = core()
     rounds = [c.instruction_peaks(args.seconds) for _ in range(args.rounds)]
     if args.matmul:
         for r in rounds:
-            r["numpy_sgemm"] = numpy_one_thread_gflops()
+            r["numpy_sgemm"] = 2.0 * 2048 * 1280 * 1280 / numpy_seconds(2048, 1280, 1280, 3) / 1e9
     f32 = statistics.median(r["f32_fma_avx512"] for r in rounds) if "f32_fma_avx512" in rounds[0] else None
     print(f"one core, GFLOP/s over {args.rounds} rounds")
     print(f"{'instruction':<42} {'median':>8} {'best':>8} {'vs f32 FMA':>11}")
@@ -67,8 +55,7 @@ def main():
         med = statistics.median(values)
         ratio = f"{med / f32:.2f}x" if f32 else "-"
         print(f"{labels.get(key, key):<42} {med:8.0f} {max(values):8.0f} {ratio:>11}")
-    kernel = "amx" if c.amx_available() else f"f32 kernels ({c.amx_unavailable_reason()})"
-    print(f"precision='bf16' products here: {kernel}")
+    print(f"precision='bf16' products here: {cpu_products(c)['bf16']}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ from .checks import PRECISIONS
 from .errors import SdcppError
 
 
+def cpu_products(c) -> dict:
+    """The kernels wide CPU products take, for the extension `c`: f32 on OpenBLAS (else ggml's), precision="bf16" on
+    AMX when here (else the f32 ones)."""
+    return dict(f32="openblas" if c.blas_library() else "ggml",
+                bf16="amx" if c.amx_available() else f"f32 kernels ({c.amx_unavailable_reason()})")
+
+
 def _types(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -379,11 +386,9 @@ def main(argv=None) -> int:
             from ._native import core
 
             c = core()
-            # The kernels wide CPU products take: f32 on OpenBLAS (else ggml's), precision="bf16" on AMX when here.
-            kernels = dict(f32="openblas" if c.blas_library() else "ggml",
-                           bf16="amx" if c.amx_available() else f"f32 kernels ({c.amx_unavailable_reason()})")
             print(json.dumps(dict(ggml_version=c.ggml_version(), ggml_commit=c.ggml_commit(),
-                                  openblas=c.blas_library() or None, cpu_products=kernels, **c.system_info()),
+                                  openblas=c.blas_library() or None, cpu_products=cpu_products(c),
+                                  **c.system_info()),
                              indent=1))
         elif a.command == "tiny-model":
             from .tiny import write_tiny_model

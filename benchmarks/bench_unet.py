@@ -94,7 +94,7 @@ def main():
                     help="sdcpp f32_matmul_min_cols values (-1: default, 0: stored types only)")
     ap.add_argument("--blas", type=int, nargs="+", default=[1], choices=[0, 1],
                     help="wide f32 products on OpenBLAS (1, when scipy-openblas32 is installed) or ggml (0)")
-    ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"],
+    ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16", "f16"],
                     help="sdcpp product precision (bf16: AMX where the CPU has it)")
     ap.add_argument("--profile", action="store_true", help="per-op split of one sdcpp run per type")
     args = ap.parse_args()

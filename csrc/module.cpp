@@ -18,6 +18,7 @@
 #include "types.hpp"
 #include "models/register.hpp"
 #include "runtime/amx.hpp"
+#include "runtime/f16_gemm.hpp"
 #include "runtime/blas.hpp"
 #include "runtime/cancel.hpp"
 #include "runtime/graph_runner.hpp"
@@ -174,6 +175,37 @@ py::array_t<float> py_amx_gemm(py::array_t<float, py::array::c_style | py::array
     return c;
 }
 
+// x [R, K] (f32) @ w.T for w [M, K] float16, + bias [M] (or None), on one thread's AVX512-FP16 kernel; for tests
+// and benchmarks.
+py::array_t<float> py_f16_gemm(py::array_t<float, py::array::c_style | py::array::forcecast> x, py::array w,
+                               std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> bias) {
+    if (!f16::available()) {
+        throw std::runtime_error("AVX512-FP16 products are not available: " + f16::unavailable_reason());
+    }
+    if (w.dtype().kind() != 'f' || w.dtype().itemsize() != 2 || !(w.flags() & py::array::c_style)) {
+        throw std::invalid_argument("f16_gemm: w must be a C-contiguous float16 array");
+    }
+    if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1)) {
+        throw std::invalid_argument("f16_gemm takes x [R, K] and w [M, K]");
+    }
+    const int64_t R = x.shape(0), K = x.shape(1), M = w.shape(0);
+    if (bias && (bias->ndim() != 1 || bias->shape(0) != M)) {
+        throw std::invalid_argument("f16_gemm: bias must have M elements");
+    }
+    py::array_t<float> y({R, M});
+    const float* px = x.data();
+    const auto* pw = static_cast<const uint16_t*>(w.data());
+    const float* pb = bias ? bias->data() : nullptr;
+    float* py_ = y.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        for (int64_t t0 = 0; t0 < R; t0 += f16::kBlockTokens) {
+            f16::product_block(px, K, pw, K, pb, py_, M, t0, std::min(f16::kBlockTokens, R - t0), M, K);
+        }
+    }
+    return y;
+}
+
 void bind_weight_store(py::module_& m) {
     py::class_<WeightStore>(m, "WeightStore",
                             "Named ggml tensors in one backend buffer: add() all, allocate(), then set()/get().")
@@ -277,6 +309,11 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("seconds") = 0.1,
         "GFLOP/s of one core for each multiply-add instruction this CPU supports (f32 FMA, vdpbf16ps, f16 FMA).");
+    m.def("f16_available", &f16::available, "AVX512-FP16 products can run here (precision='f16' uses them).");
+    m.def("f16_unavailable_reason", &f16::unavailable_reason);
+    m.def("f16_gemm", &py_f16_gemm, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
+          "x @ w.T (+ bias) for float32 x [R, K] and float16 w [M, K] on one thread's AVX512-FP16 kernel (tests, "
+          "benchmarks).");
     m.def("amx_gemm", &py_amx_gemm, py::arg("a"), py::arg("b"), py::arg("trans_b") = false,
           "a @ b (or a @ b.T) of float32 matrices on one thread's AMX bf16 kernel (for tests and benchmarks).");
     bind_weight_store(m);

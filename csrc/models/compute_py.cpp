@@ -144,14 +144,15 @@ ops::Options kernel_options(bool flash_attn, double max_im2col_mib, int64_t f32_
     if (!(max_im2col_mib >= 0.0)) {
         throw py::value_error("a memory budget in MiB must be >= 0");
     }
-    if (precision != "f32" && precision != "bf16") {
-        throw py::value_error("precision must be 'f32' or 'bf16', got '" + precision + "'");
+    if (precision != "f32" && precision != "bf16" && precision != "f16") {
+        throw py::value_error("precision must be 'f32', 'bf16' or 'f16', got '" + precision + "'");
     }
     ops::Options opt;
     opt.flash_attn = flash_attn;
     opt.max_im2col_bytes = static_cast<size_t>(max_im2col_mib * 1048576.0);
     opt.f32_matmul_min_cols = f32_matmul_min_cols;
     opt.bf16 = precision == "bf16";
+    opt.f16 = precision == "f16";
     return opt;
 }
 

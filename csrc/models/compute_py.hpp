@@ -23,7 +23,7 @@ void run_pass(GraphModel& model, const std::function<void()>& work);
 
 // The kernel options every model binding takes, all given by its Python wrapper (which documents their defaults).
 // max_im2col_mib: a memory budget in MiB (0 = unlimited).
-// precision: "f32" or "bf16" (ops::Options::bf16).
+// precision: "f32", "bf16" (ops::Options::bf16) or "f16" (ops::Options::f16).
 ops::Options kernel_options(bool flash_attn, double max_im2col_mib, int64_t f32_matmul_min_cols,
                             const std::string& precision);
 

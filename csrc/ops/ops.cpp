@@ -10,6 +10,7 @@
 #include "runtime/amx.hpp"
 #include "runtime/blas.hpp"
 #include "runtime/cpu_ops.hpp"
+#include "runtime/f16_gemm.hpp"
 
 namespace sdcpp::ops {
 
@@ -36,8 +37,26 @@ ggml_tensor* channel_affine(const Graph& g, ggml_tensor* x, const std::string& p
     return named(ggml_add(g.ctx, x, ggml_reshape_4d(g.ctx, b, 1, 1, C, 1)), "norm.affine");
 }
 
-// The weight as src0 of a product with `cols` activation columns: converted to f32 when the graph asks for it.
+// Products with at least this many activation columns take the f16 kernel in f16 graphs (one register tile's width).
+// Its cost per weight element is a 16-bit load per 64 columns, so unlike the f32 path (a weight conversion per call)
+// it also wins on the 32- and 128-column products of the deepest blocks (SD1.5 UNet at 32x32, 2 threads: 190-300
+// GFLOP/s where ggml's f16 kernels ran 80-145).
+constexpr int64_t kF16MinCols = 32;
+
+bool f16_product(const Graph& g, int64_t cols) { return g.f16() && cols >= kF16MinCols; }
+
+// The weight as src0 of a product with `cols` activation columns: converted to f32 (f16 for the f16 kernel) when the
+// graph asks for it.
 ggml_tensor* matmul_weight(const Graph& g, ggml_tensor* w, int64_t cols) {
+    if (f16_product(g, cols)) {
+        if (w->type == GGML_TYPE_F16 && ggml_is_contiguous(w)) {
+            return w;  // read as stored
+        }
+        if (!ggml_is_contiguous(w)) {
+            w = named(ggml_cont(g.ctx, w), "weight.cont");
+        }
+        return named(blas::to_f16(g.ctx, w), "weight.to_f16");
+    }
     if (w->type == GGML_TYPE_F32 || !g.wide(cols)) {
         return w;
     }
@@ -65,7 +84,13 @@ ggml_tensor* fusable_bias(const Graph& g, const std::string& prefix, int64_t n) 
 // w x + `prefix`.bias (when present), for a weight from matmul_weight(): wide products go to AMX in bf16 graphs, wide
 // f32 ones to OpenBLAS's sgemm when it is loaded (CPU only), with the bias fused; the rest to ggml_mul_mat and an add.
 ggml_tensor* product(const Graph& g, ggml_tensor* w, ggml_tensor* x, const std::string& prefix, const char* name) {
-    if (g.wide(ggml_nelements(x) / x->ne[0]) && ggml_is_contiguous(w) && ggml_is_contiguous(x)) {
+    const int64_t cols = ggml_nelements(x) / x->ne[0];
+    if (f16_product(g, cols) && w->type == GGML_TYPE_F16 && ggml_is_contiguous(w) && ggml_is_contiguous(x)) {
+        ggml_tensor* bias = fusable_bias(g, prefix, w->ne[1]);
+        ggml_tensor* y = named(blas::mul_mat_f16(g.ctx, w, x, bias, g.cancel()), name);
+        return bias != nullptr ? y : add_bias(g, y, prefix);
+    }
+    if (g.wide(cols) && ggml_is_contiguous(w) && ggml_is_contiguous(x)) {
         // bf16 on AMX takes f32 and f16 weights (packed straight from f16); OpenBLAS takes f32 ones.
         const bool amx = g.bf16() && (w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16);
         if (amx || (w->type == GGML_TYPE_F32 && g.use_blas())) {
@@ -172,6 +197,8 @@ bool Graph::cpu() const { return runner.weights().is_cpu(); }
 bool Graph::use_blas() const { return (blas::enabled() || bf16()) && cpu(); }
 
 bool Graph::bf16() const { return opt.bf16 && amx::available() && cpu(); }
+
+bool Graph::f16() const { return opt.f16 && f16::available() && cpu(); }
 
 int64_t Graph::ne(const std::string& name, int dim) const {
     return runner.weights().tensor(name)->ne[dim];
@@ -301,7 +328,7 @@ ggml_tensor* conv2d_w(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std:
         // A 1x1 conv is a linear layer over channels: no im2col copy, only the token transposes.
         return from_tokens(g, linear_w(g, to_tokens(g, x), w, prefix), W, H);
     }
-    if (k == 3 && stride == 1 && pad == 1 && g.wide(W * H * N) && g.use_blas()) {
+    if (k == 3 && stride == 1 && pad == 1 && g.wide(W * H * N) && g.use_blas() && !f16_product(g, W * H * N)) {
         return conv3x3_blas(g, x, w, prefix);
     }
     // im2col reads only the kernel's dims, so a small shape-only tensor stands in for the weight; this keeps

@@ -33,6 +33,10 @@ struct Options {
     // operands to bf16 and run on AMX (runtime/amx.hpp), where the CPU has it; norms, softmax, the timestep
     // embedding and every accumulation stay f32. Without AMX this changes nothing.
     bool bf16 = false;
+    // precision="f16": the wide linear products (and 1x1 convs) take f16 operands with f16 partial sums on
+    // AVX512-FP16 (runtime/f16_gemm.hpp), where the CPU has it; everything else as with f32. Without it this
+    // changes nothing.
+    bool f16 = false;
 };
 
 // One graph under construction: where weights come from, the options every primitive shares, and the kernel
@@ -66,6 +70,8 @@ struct Graph {
     bool use_blas() const;
     // Products run in bf16 on AMX (opt.bf16 and the CPU can).
     bool bf16() const;
+    // Wide linear products run in f16 on AVX512-FP16 (opt.f16 and the CPU can).
+    bool f16() const;
 
     // The token sdcpp's custom ops in this graph poll (the runner's).
     const CancelToken* cancel() const { return runner.cancel_token().get(); }

@@ -1,6 +1,7 @@
 #include "runtime/blas.hpp"
 
 #include "runtime/amx.hpp"
+#include "runtime/f16_gemm.hpp"
 
 #ifndef _WIN32
 #include <dlfcn.h>
@@ -259,6 +260,62 @@ void rows_product_packed(ggml_tensor* dst, int ith, int nth, void* userdata) {
     }
 }
 
+// y [R, M] = x [R, K] w^T for an f16 weight on the AVX512-FP16 kernel: threads take blocks of 64 rows of x in
+// turn (one block is at most a few ms of one core's work between looks at the token); with fewer blocks than
+// threads, each thread takes every block for its own share of the weight's rows instead.
+void rows_product_f16(ggml_tensor* dst, int ith, int nth, void* userdata) {
+    const ggml_tensor* w = dst->src[0];
+    const ggml_tensor* x = dst->src[1];
+    const auto* cancel = static_cast<const CancelToken*>(userdata);
+    const int64_t K = w->ne[0], M = w->ne[1], R = ggml_nelements(x) / K;
+    const float* b = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
+    const auto ldw = static_cast<int64_t>(w->nb[1] / sizeof(uint16_t));
+    const auto* xs = static_cast<const float*>(x->data);
+    const auto* ws = static_cast<const uint16_t*>(w->data);
+    auto* y = static_cast<float*>(dst->data);
+    const int64_t blocks = (R + f16::kBlockTokens - 1) / f16::kBlockTokens;
+    int64_t m0 = 0, m1 = M, first = ith, step = nth;
+    if (blocks < nth) {
+        const int64_t per = ((M + nth - 1) / nth + f16::kTileRows - 1) / f16::kTileRows * f16::kTileRows;
+        m0 = std::min(M, per * ith);
+        m1 = std::min(M, m0 + per);
+        first = 0;
+        step = 1;
+    }
+    for (int64_t blk = first; blk < blocks && m0 < m1; blk += step) {
+        if (stop_requested(cancel)) {
+            return;
+        }
+        const int64_t t0 = blk * f16::kBlockTokens;
+        f16::product_block(xs, K, ws + m0 * ldw, ldw, b != nullptr ? b + m0 : nullptr, y + m0, M, t0,
+                           std::min(f16::kBlockTokens, R - t0), m1 - m0, K);
+    }
+}
+
+// Rows of a weight [K, M] of any type with a to_float (f32, quantized, bf16) as f16, threads splitting the rows: one
+// pass, where two ggml_casts (ggml converts quantized rows to f32 only) would write and read an f32 copy too, and
+// vectorized (ggml's scalar f32 -> f16 row converter ran the SD1.5 UNet's q8_0 weights at ~1.4 s per pass).
+void rows_to_f16(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* w = dst->src[0];
+    const int64_t K = w->ne[0], M = ggml_nrows(w);
+    const auto to_float = ggml_get_type_traits(w->type)->to_float;
+    const int64_t per = (M + nth - 1) / nth;
+    thread_local std::vector<float> row;
+    row.resize(static_cast<size_t>(K));
+    for (int64_t m = per * ith; m < std::min(M, per * (ith + 1)); m++) {
+        const char* src = static_cast<const char*>(w->data) + m * w->nb[1];
+        auto* out = static_cast<uint16_t*>(dst->data) + m * K;
+        if (w->type == GGML_TYPE_Q8_0) {
+            f16::q8_0_to_f16_row(src, out, K);
+        } else if (w->type == GGML_TYPE_F32) {
+            f16::f32_to_f16_row(reinterpret_cast<const float*>(src), out, K);
+        } else {
+            to_float(src, row.data(), K);
+            f16::f32_to_f16_row(row.data(), out, K);
+        }
+    }
+}
+
 }  // namespace
 
 ggml_tensor* mul_mat_bf16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias,
@@ -271,6 +328,18 @@ ggml_tensor* mul_mat_bf16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggm
     PackedArgs* params = custom_op_args(ctx, PackedArgs{cancel, M});
     return ggml_custom_4d(ctx, GGML_TYPE_F32, M, x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2,
                           rows_product_packed, GGML_N_TASKS_MAX, params);
+}
+
+ggml_tensor* to_f16(ggml_context* ctx, ggml_tensor* w) {
+    return ggml_custom_4d(ctx, GGML_TYPE_F16, w->ne[0], w->ne[1], w->ne[2], w->ne[3], &w, 1, rows_to_f16,
+                          GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor* mul_mat_f16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias,
+                         const CancelToken* cancel) {
+    ggml_tensor* args[] = {w, x, bias};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2,
+                          rows_product_f16, GGML_N_TASKS_MAX, const_cast<CancelToken*>(cancel));
 }
 
 bool load(const std::string& path) {
@@ -410,7 +479,7 @@ double flops(const ggml_tensor* node) {
     ggml_custom_op_t fun = nullptr;
     std::memcpy(&fun, node->op_params, sizeof(fun));
     const double out = static_cast<double>(ggml_nelements(node));
-    if (fun == rows_product || fun == rows_product_packed) {
+    if (fun == rows_product || fun == rows_product_packed || fun == rows_product_f16) {
         return 2.0 * static_cast<double>(node->src[1]->ne[0]) * out;
     }
     if (fun == conv3x3_channels) {

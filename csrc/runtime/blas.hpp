@@ -39,6 +39,14 @@ ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_ten
 ggml_tensor* mul_mat_bf16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias,
                           const CancelToken* cancel);
 
+// The same product for an f16 weight w [K, M] (contiguous) on the AVX512-FP16 kernel (runtime/f16_gemm.hpp;
+// f16::available() must hold): f16 operands and f16 partial sums of at most f16::kF16Terms terms, f32 totals.
+ggml_tensor* mul_mat_f16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias,
+                         const CancelToken* cancel);
+
+// w (contiguous rows of a type ggml can convert to f32: quantized, bf16, f32) as f16 in one pass.
+ggml_tensor* to_f16(ggml_context* ctx, ggml_tensor* w);
+
 // 3x3 convolution, stride 1, of a padded input xp [W+2, H+3, C, N] (one zero column each side, one zero row on top
 // and two below) with taps [C, OC, 9] (f32; tap t = 3*ky + kx is a row-major OC x C matrix) -> [W, H, OC, N].
 // Each tap is one sgemm over the padded plane shifted by (ky, kx), accumulated in place: no im2col matrix (9x the

@@ -72,13 +72,15 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16", "f16")
 
 
 def precision(value) -> str:
-    """The compute precision of the products: "f32" (exact kernels, the default) or "bf16" (operands rounded to bf16,
+    """The compute precision of the products: "f32" (exact kernels, the default), "bf16" (operands rounded to bf16,
     accumulated in f32, on AMX where the CPU has it; norms, softmax and time embeddings stay f32; without AMX the
-    f32 kernels run). See docs/benchmarks.md for its speed and error."""
+    f32 kernels run) or "f16" (the wide linear products and 1x1 convs on AVX512-FP16 where the CPU has it: f16
+    operands, f16 partial sums of 16 terms, f32 totals; the rest as f32; without it the f32 kernels run). See
+    docs/benchmarks.md for their speed and error, and `sdcpp system-info` for what this CPU runs."""
     if value not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
     return value

@@ -14,9 +14,11 @@ from .errors import SdcppError
 
 def cpu_products(c) -> dict:
     """The kernels wide CPU products take, for the extension `c`: f32 on OpenBLAS (else ggml's), precision="bf16" on
-    AMX when here (else the f32 ones)."""
+    AMX when here, precision="f16" on AVX512-FP16 when here (else the f32 ones)."""
     return dict(f32="openblas" if c.blas_library() else "ggml",
-                bf16="amx" if c.amx_available() else f"f32 kernels ({c.amx_unavailable_reason()})")
+                bf16="amx" if c.amx_available() else f"f32 kernels ({c.amx_unavailable_reason()})",
+                f16="avx512-fp16 (linear products)" if c.f16_available()
+                else f"f32 kernels ({c.f16_unavailable_reason()})")
 
 
 def _types(text: str) -> list[str]:
@@ -92,7 +94,8 @@ def _request(a) -> dict:
 
 def _add_precision_arg(p: argparse.ArgumentParser):
     p.add_argument("--precision", choices=PRECISIONS, default="f32",
-                   help="product precision: bf16 runs on AMX where the CPU has it (faster, ~1e-2 rel. error)")
+                   help="product precision: bf16 runs on AMX where the CPU has it (faster, ~1e-2 rel. error), f16 on "
+                        "AVX512-FP16 (see `sdcpp system-info`)")
 
 
 def _add_device_arg(p: argparse.ArgumentParser):

@@ -1,0 +1,44 @@
+// f16 matrix products on AVX512-FP16 (the precision="f16" path of the CPU's linear products, runtime/blas.hpp).
+//
+// Why: on CPUs that have AVX512-FP16 but no AMX (an AMX-less Xeon of this project's machines: the hypervisor hides
+// it), vfmadd231ph multiplies 32 f16 lanes per instruction, 2.0x the f32 FMA rate, while vdpbf16ps ran at 0.48x
+// (runtime/peaks.hpp). ggml's f16 kernels convert to f32 before multiplying; OpenBLAS has no f16 GEMM.
+//
+// Numerics (what makes f16 sums safe): each token's activations are scaled by a power of two (exact) so that their
+// largest magnitude is at most 1, then rounded to f16; weights are read as stored (f16, no copy). Products are
+// summed in f16 lanes for at most kF16Terms terms, then flushed into f32 sums, and the scale is undone in f32. An
+// f16 sum can still overflow for weights beyond ~4000 in magnitude: a tile whose f32 result is not finite is
+// recomputed in f32 from the original operands, so overflow costs time, never accuracy (and inf/NaN inputs give
+// the f32 path's inf/NaN).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace sdcpp::f16 {
+
+// Products summed in one f16 lane before the flush to f32 (rounding error grows with it; speed too, a little).
+constexpr int kF16Terms = 32;
+
+// The CPU has AVX512-F/BW/VL and AVX512-FP16, the OS enables AVX-512 state, and SDCPP_NO_F16 is unset. Checked once.
+bool available();
+// Why available() is false ("" when true), for system-info.
+std::string unavailable_reason();
+
+// Tokens per block of product_block(), and weight rows per register tile (splits of M best keep to multiples).
+constexpr int64_t kBlockTokens = 64;
+constexpr int64_t kTileRows = 12;
+
+// y[t, m] = sum_k x[t, k] w[m, k] (+ bias[m]) for the tokens t of [t0, t0 + n), n <= kBlockTokens: x f32 rows of K
+// (stride ldx), w M rows of K f16 (IEEE half, stride ldw elements), y f32 rows (stride ldy), bias f32 [M] or
+// nullptr. Uses this thread's scratch buffer; available() must hold.
+void product_block(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw, const float* bias, float* y,
+                   int64_t ldy, int64_t t0, int64_t n, int64_t M, int64_t K);
+
+// n f32 values as f16 (nearest even), and n values of q8_0 blocks (ggml's layout: an f16 scale, 32 int8) as f16:
+// the weight conversions of quantized models, vectorized (ggml's row converters are scalar in its base library).
+// available() must hold.
+void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n);
+void q8_0_to_f16_row(const void* src, uint16_t* dst, int64_t n);
+
+}  // namespace sdcpp::f16

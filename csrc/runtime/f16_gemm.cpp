@@ -89,7 +89,6 @@ int64_t pairs16(int64_t K) { return ((K + 1) / 2 + 15) & ~int64_t(15); }
 // odd lanes the odd k, and the two are added in f32 at the end.
 struct Scratch {
     std::vector<uint32_t> packed;
-    std::vector<uint32_t> rows;  // 16 tokens' f16 rows before the transpose, [16][pairs16(K)]
 };
 
 Scratch& scratch() {
@@ -131,41 +130,63 @@ SDCPP_F16_TARGET inline void transpose16(__m512i r[16]) {
 SDCPP_F16_TARGET void pack_tokens(const float* x, int64_t ldx, int64_t n, int64_t K, Scratch& s, float* inv) {
     const int64_t Q = pairs16(K);
     s.packed.resize(static_cast<size_t>(Q * kBlockTokens));
-    s.rows.resize(static_cast<size_t>(Q * 16));
     for (int64_t g = 0; g < kBlockTokens; g += 16) {
+        // The 16 tokens' maxima side by side: 16 independent chains of vmaxps instead of one (4 cycles a link).
+        // Tokens past n read row 0 again (their maxima are not used).
+        const float* src_rows[16];
         for (int64_t j = 0; j < 16; j++) {
-            uint16_t* row = reinterpret_cast<uint16_t*>(s.rows.data() + j * Q);
-            const int64_t t = g + j;
-            if (t >= n) {
-                std::memset(row, 0, static_cast<size_t>(Q) * 4);
-                inv[t] = 1.0f;
-                continue;
-            }
-            const float* src = x + t * ldx;
-            __m512 peak = _mm512_setzero_ps();
-            for (int64_t k = 0; k < K; k += 16) {
-                peak = _mm512_max_ps(peak, _mm512_abs_ps(_mm512_maskz_loadu_ps(first_n(K - k), src + k)));
-            }
-            const float m = _mm512_reduce_max_ps(peak);
-            // A power of two: scaling is exact, and |x| * scale <= 1 keeps every f16 sum of kF16Terms small products
-            // far from the f16 limit (65504). Zero and non-finite rows keep scale 1.
-            int e = 0;
-            if (m > 0.0f && std::isfinite(m)) {
-                std::frexp(m, &e);
-            }
-            const __m512 scale = _mm512_set1_ps(std::ldexp(1.0f, -e));
-            inv[t] = std::ldexp(1.0f, e);
-            for (int64_t k = 0; k < 2 * Q; k += 16) {
-                const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(first_n(K - k), src + std::min(k, K)), scale);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + k),
-                                    _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            src_rows[j] = x + (g + j < n ? g + j : 0) * ldx;
+        }
+        __m512 peaks[16];
+        for (auto& p : peaks) {
+            p = _mm512_setzero_ps();
+        }
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 mask = first_n(K - k);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                peaks[j] = _mm512_max_ps(peaks[j], _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, src_rows[j] + k)));
             }
         }
-        // 16 x 16 word blocks: rows (tokens) become columns.
+        __m512 scales[16];
+        for (int64_t j = 0; j < 16; j++) {
+            const int64_t t = g + j;
+            const float m = _mm512_reduce_max_ps(peaks[j]);
+            // A power of two: scaling is exact, and |x| * scale <= 1 keeps every f16 sum of kF16Terms small products
+            // far from the f16 limit (65504). Zero and non-finite rows keep scale 1; tokens past n get 0 (zeros).
+            float f = t < n ? 1.0f : 0.0f, undo = 1.0f;
+            uint32_t bits;
+            std::memcpy(&bits, &m, sizeof(bits));
+            const uint32_t E = bits >> 23;  // biased exponent (m >= 0): m in [2^(E-127), 2^(E-126))
+            if (t >= n) {
+            } else if (E >= 1 && E <= 252) {  // 2^(126-E) and 2^(E-126) are normal floats: build them from bits
+                bits = (253 - E) << 23;
+                std::memcpy(&f, &bits, sizeof(f));
+                bits = (E + 1) << 23;
+                std::memcpy(&undo, &bits, sizeof(undo));
+            } else if (m > 0.0f && std::isfinite(m)) {  // subnormal or huge maxima (rare): the library's way
+                int e = 0;
+                std::frexp(m, &e);
+                f = std::ldexp(1.0f, -e);
+                undo = std::ldexp(1.0f, e);
+            }
+            scales[j] = _mm512_set1_ps(f);
+            inv[t] = undo;
+        }
+        // 32 k of the 16 tokens at a time, rounded to f16 in registers (16 words per token), then transposed so
+        // tokens become columns: no buffer between the passes, so the working set stays in L1 whatever K is.
         for (int64_t q0 = 0; q0 < Q; q0 += 16) {
+            const int64_t k0 = 2 * q0;
+            const __mmask16 lo_mask = first_n(K - k0), hi_mask = first_n(K - k0 - 16);
+            const int64_t lo_at = std::min(k0, K), hi_at = std::min(k0 + 16, K);
             __m512i r[16];
+#pragma GCC unroll 16
             for (int j = 0; j < 16; j++) {
-                r[j] = _mm512_loadu_si512(s.rows.data() + j * Q + q0);
+                const __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(lo_mask, src_rows[j] + lo_at), scales[j]);
+                const __m512 hi = _mm512_mul_ps(_mm512_maskz_loadu_ps(hi_mask, src_rows[j] + hi_at), scales[j]);
+                constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+                r[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(lo, kRound)),
+                                          _mm512_cvtps_ph(hi, kRound), 1);
             }
             transpose16(r);
             for (int i = 0; i < 16; i++) {

@@ -199,8 +199,11 @@ py::array_t<float> py_f16_gemm(py::array_t<float, py::array::c_style | py::array
     float* py_ = y.mutable_data();
     {
         py::gil_scoped_release nogil;
+        f16::Tokens tokens;
+        tokens.x = px;
+        tokens.ld = K;
         for (int64_t t0 = 0; t0 < R; t0 += f16::kBlockTokens) {
-            f16::product_block(px, K, pw, K, pb, py_, M, t0, std::min(f16::kBlockTokens, R - t0), M, K);
+            f16::product_block(tokens, pw, K, pb, py_, M, t0, std::min(f16::kBlockTokens, R - t0), M, K);
         }
     }
     return y;

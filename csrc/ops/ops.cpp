@@ -158,6 +158,21 @@ ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const 
     return named(ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, g.w(prefix + ".bias"), 1, 1, OC, 1)), "bias");
 }
 
+// A 3x3 conv (stride 1, padding 1) on the f16 kernel (f16_product), reading the padded input's planes in place
+// (no im2col matrix) and the weight as stored when f16. Returns [W, H, OC, N] like conv2d.
+ggml_tensor* conv3x3_f16(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std::string& prefix) {
+    const int64_t OC = w->ne[1];
+    w = matmul_weight(g, w, x->ne[0] * x->ne[1] * x->ne[3]);
+    ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 1, 0, 0, 0, 0), "conv.pad");
+    ggml_tensor* bias = fusable_bias(g, prefix, OC);
+    ggml_tensor* y = named(blas::conv3x3_f16(g.ctx, xp, w, bias, g.cancel()), "conv.matmul");  // [OC, W, H, N]
+    y = named(ggml_cont(g.ctx, ggml_permute(g.ctx, y, 2, 0, 1, 3)), "conv.layout");
+    if (bias != nullptr || !g.has(prefix + ".bias")) {
+        return y;
+    }
+    return named(ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, g.w(prefix + ".bias"), 1, 1, OC, 1)), "bias");
+}
+
 // The causal mask [T, T] (0 where key <= query, -inf after), added to the scaled scores; one per graph and type.
 ggml_tensor* causal_mask(const Graph& g, int64_t T, ggml_type type) {
     ggml_tensor*& cached = type == GGML_TYPE_F16 ? g.causal_f16 : g.causal_f32;
@@ -327,6 +342,9 @@ ggml_tensor* conv2d_w(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std:
     if (k == 1 && stride == 1 && pad == 0) {
         // A 1x1 conv is a linear layer over channels: no im2col copy, only the token transposes.
         return from_tokens(g, linear_w(g, to_tokens(g, x), w, prefix), W, H);
+    }
+    if (k == 3 && stride == 1 && pad == 1 && f16_product(g, W * H * N) && W % 16 == 0) {
+        return conv3x3_f16(g, x, w, prefix);
     }
     if (k == 3 && stride == 1 && pad == 1 && g.wide(W * H * N) && g.use_blas() && !f16_product(g, W * H * N)) {
         return conv3x3_blas(g, x, w, prefix);

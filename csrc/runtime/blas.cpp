@@ -260,17 +260,27 @@ void rows_product_packed(ggml_tensor* dst, int ith, int nth, void* userdata) {
     }
 }
 
-// y [R, M] = x [R, K] w^T for an f16 weight on the AVX512-FP16 kernel: threads take blocks of 64 rows of x in
-// turn (one block is at most a few ms of one core's work between looks at the token); with fewer blocks than
-// threads, each thread takes every block for its own share of the weight's rows instead.
+struct F16Args {
+    const CancelToken* cancel;
+    int64_t channels, width, height;  // f16::Tokens' patch geometry (channels 0: rows of x)
+};
+
+// y [R, M] = x [R, K] w^T (or the patches of a 3x3 conv) for an f16 weight on the AVX512-FP16 kernel: threads take
+// blocks of 64 tokens in turn (one block is at most a few ms of one core's work between looks at the token); with
+// fewer blocks than threads, each thread takes every block for its own share of the weight's rows instead.
 void rows_product_f16(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
-    const auto* cancel = static_cast<const CancelToken*>(userdata);
-    const int64_t K = w->ne[0], M = w->ne[1], R = ggml_nelements(x) / K;
+    const auto* args = static_cast<const F16Args*>(userdata);
+    const int64_t K = w->ne[0], M = w->ne[1], R = ggml_nelements(dst) / M;
     const float* b = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
     const auto ldw = static_cast<int64_t>(w->nb[1] / sizeof(uint16_t));
-    const auto* xs = static_cast<const float*>(x->data);
+    f16::Tokens tokens;
+    tokens.x = static_cast<const float*>(x->data);
+    tokens.ld = K;
+    tokens.channels = args->channels;
+    tokens.width = args->width;
+    tokens.height = args->height;
     const auto* ws = static_cast<const uint16_t*>(w->data);
     auto* y = static_cast<float*>(dst->data);
     const int64_t blocks = (R + f16::kBlockTokens - 1) / f16::kBlockTokens;
@@ -283,11 +293,11 @@ void rows_product_f16(ggml_tensor* dst, int ith, int nth, void* userdata) {
         step = 1;
     }
     for (int64_t blk = first; blk < blocks && m0 < m1; blk += step) {
-        if (stop_requested(cancel)) {
+        if (stop_requested(args->cancel)) {
             return;
         }
         const int64_t t0 = blk * f16::kBlockTokens;
-        f16::product_block(xs, K, ws + m0 * ldw, ldw, b != nullptr ? b + m0 : nullptr, y + m0, M, t0,
+        f16::product_block(tokens, ws + m0 * ldw, ldw, b != nullptr ? b + m0 : nullptr, y + m0, M, t0,
                            std::min(f16::kBlockTokens, R - t0), m1 - m0, K);
     }
 }
@@ -338,8 +348,18 @@ ggml_tensor* to_f16(ggml_context* ctx, ggml_tensor* w) {
 ggml_tensor* mul_mat_f16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml_tensor* bias,
                          const CancelToken* cancel) {
     ggml_tensor* args[] = {w, x, bias};
+    F16Args* params = custom_op_args(ctx, F16Args{cancel, 0, 0, 0});
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2,
-                          rows_product_f16, GGML_N_TASKS_MAX, const_cast<CancelToken*>(cancel));
+                          rows_product_f16, GGML_N_TASKS_MAX, params);
+}
+
+ggml_tensor* conv3x3_f16(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* w, ggml_tensor* bias,
+                         const CancelToken* cancel) {
+    const int64_t W = xp->ne[0] - 2, H = xp->ne[1] - 2, C = xp->ne[2], N = xp->ne[3];
+    ggml_tensor* args[] = {w, xp, bias};
+    F16Args* params = custom_op_args(ctx, F16Args{cancel, C, W, H});
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], W, H, N, args, bias ? 3 : 2, rows_product_f16,
+                          GGML_N_TASKS_MAX, params);
 }
 
 bool load(const std::string& path) {
@@ -479,7 +499,10 @@ double flops(const ggml_tensor* node) {
     ggml_custom_op_t fun = nullptr;
     std::memcpy(&fun, node->op_params, sizeof(fun));
     const double out = static_cast<double>(ggml_nelements(node));
-    if (fun == rows_product || fun == rows_product_packed || fun == rows_product_f16) {
+    if (fun == rows_product_f16) {
+        return 2.0 * static_cast<double>(node->src[0]->ne[0]) * out;  // a conv's K is 9x its input channels
+    }
+    if (fun == rows_product || fun == rows_product_packed) {
         return 2.0 * static_cast<double>(node->src[1]->ne[0]) * out;
     }
     if (fun == conv3x3_channels) {

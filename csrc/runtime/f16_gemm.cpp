@@ -125,9 +125,9 @@ SDCPP_F16_TARGET inline void transpose16(__m512i r[16]) {
     }
 }
 
-// Packs n <= kBlockTokens rows of x into `packed` (zeros for the tokens past n and the k past K) and writes the
-// factor undoing each token's scale into inv.
-SDCPP_F16_TARGET void pack_tokens(const float* x, int64_t ldx, int64_t n, int64_t K, Scratch& s, float* inv) {
+// Packs rows [t0, t0 + n), n <= kBlockTokens, of x into `packed` (zeros for the tokens past n and the k past K)
+// and writes the factor undoing each token's scale into inv.
+SDCPP_F16_TARGET void pack_rows(const Tokens& x, int64_t t0, int64_t n, int64_t K, Scratch& s, float* inv) {
     const int64_t Q = pairs16(K);
     s.packed.resize(static_cast<size_t>(Q * kBlockTokens));
     for (int64_t g = 0; g < kBlockTokens; g += 16) {
@@ -135,7 +135,7 @@ SDCPP_F16_TARGET void pack_tokens(const float* x, int64_t ldx, int64_t n, int64_
         // Tokens past n read row 0 again (their maxima are not used).
         const float* src_rows[16];
         for (int64_t j = 0; j < 16; j++) {
-            src_rows[j] = x + (g + j < n ? g + j : 0) * ldx;
+            src_rows[j] = x.x + (t0 + (g + j < n ? g + j : 0)) * x.ld;
         }
         __m512 peaks[16];
         for (auto& p : peaks) {
@@ -192,6 +192,73 @@ SDCPP_F16_TARGET void pack_tokens(const float* x, int64_t ldx, int64_t n, int64_
             for (int i = 0; i < 16; i++) {
                 _mm512_storeu_si512(s.packed.data() + (q0 + i) * kBlockTokens + g, r[i]);
             }
+        }
+    }
+}
+
+// Packs the 3x3 patches of tokens [t0, t0 + n) (Tokens with channels > 0; t0 and n multiples of 16) into
+// `packed`: 16 tokens are 16 adjacent pixels of one output row, so value(t, k) of all 16 is one vector load per k,
+// already in the packed layout's token order (no transpose). Scales as pack_rows, per lane.
+SDCPP_F16_TARGET void pack_patches(const Tokens& x, int64_t t0, int64_t n, int64_t K, Scratch& s, float* inv) {
+    const int64_t Q = pairs16(K);
+    s.packed.resize(static_cast<size_t>(Q * kBlockTokens));
+    const int64_t W = x.width, H = x.height, row = W + 2, plane = row * (H + 2);
+    const int64_t tap_at[9] = {0, 1, 2, row, row + 1, row + 2, 2 * row, 2 * row + 1, 2 * row + 2};
+    for (int64_t g = 0; g < kBlockTokens; g += 16) {
+        uint32_t* out = s.packed.data() + g;
+        if (g >= n) {
+            for (int64_t q = 0; q < Q; q++) {
+                _mm512_storeu_si512(out + q * kBlockTokens, _mm512_setzero_si512());
+            }
+            for (int j = 0; j < 16; j++) {
+                inv[g + j] = 1.0f;
+            }
+            continue;
+        }
+        const int64_t t = t0 + g, ox = t % W, oy = t / W % H, image = t / (W * H);
+        const float* base = x.x + image * x.channels * plane + oy * row + ox;
+        __m512 peak[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t c = 0; c < x.channels; c++) {
+            const float* p = base + c * plane;
+            for (int ky = 0; ky < 3; ky++) {  // three chains: a vmaxps takes 4 cycles
+                peak[ky] = _mm512_max_ps(peak[ky], _mm512_abs_ps(_mm512_loadu_ps(p + ky * row)));
+                peak[ky] = _mm512_max_ps(peak[ky], _mm512_abs_ps(_mm512_loadu_ps(p + ky * row + 1)));
+                peak[ky] = _mm512_max_ps(peak[ky], _mm512_abs_ps(_mm512_loadu_ps(p + ky * row + 2)));
+            }
+        }
+        const __m512 m = _mm512_max_ps(peak[0], _mm512_max_ps(peak[1], peak[2]));
+        // 2^-(e+1) for m in [2^e, 2^(e+1)): the largest scaled value is below 1; exponents clamped to normal floats,
+        // and lanes whose maximum is 0 or not finite keep 1.
+        const __m512 e = _mm512_add_ps(_mm512_getexp_ps(m), _mm512_set1_ps(1.0f));
+        const __m512 clamped = _mm512_min_ps(_mm512_max_ps(e, _mm512_set1_ps(-126.0f)), _mm512_set1_ps(126.0f));
+        const __mmask16 usable = _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                                 _mm512_cmp_ps_mask(m, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ);
+        const __m512 one = _mm512_set1_ps(1.0f);
+        const __m512 scale = _mm512_mask_scalef_ps(one, usable, one, _mm512_sub_ps(_mm512_setzero_ps(), clamped));
+        _mm512_storeu_ps(inv + g, _mm512_mask_scalef_ps(one, usable, one, clamped));
+        const __m512i order = _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0);
+        constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        int64_t c = 0, tap = 0;  // of k = 2q; k + 1 follows
+        for (int64_t q = 0; q < K / 2; q++) {
+            const float* pa = base + c * plane + tap_at[tap];
+            if (++tap == 9) {
+                tap = 0;
+                c++;
+            }
+            const float* pb = base + c * plane + tap_at[tap];
+            if (++tap == 9) {
+                tap = 0;
+                c++;
+            }
+            const __m256i ha = _mm512_cvtps_ph(_mm512_mul_ps(_mm512_loadu_ps(pa), scale), kRound);
+            const __m256i hb = _mm512_cvtps_ph(_mm512_mul_ps(_mm512_loadu_ps(pb), scale), kRound);
+            // words (a_j, b_j): unpack works within 128-bit lanes, the permute puts the four quarters in order
+            const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_unpacklo_epi16(ha, hb)),
+                                                    _mm256_unpackhi_epi16(ha, hb), 1);
+            _mm512_storeu_si512(out + q * kBlockTokens, _mm512_permutexvar_epi64(order, both));
+        }
+        for (int64_t q = K / 2; q < Q; q++) {
+            _mm512_storeu_si512(out + q * kBlockTokens, _mm512_setzero_si512());
         }
     }
 }
@@ -254,7 +321,7 @@ SDCPP_F16_TARGET void tile(const uint16_t* const w[kRows], const uint32_t* packe
 }
 
 // The exact f32 result of one tile, for tiles whose f16 sums overflowed.
-void tile_f32(const float* x, int64_t ldx, const uint16_t* const w[kRows], int rows, const float* bias, float* y,
+void tile_f32(const Tokens& x, int64_t t0, const uint16_t* const w[kRows], int rows, const float* bias, float* y,
               int64_t ldy, int64_t tokens, int64_t K) {
     std::vector<float> wf(static_cast<size_t>(K));
     for (int r = 0; r < rows; r++) {
@@ -266,7 +333,7 @@ void tile_f32(const float* x, int64_t ldx, const uint16_t* const w[kRows], int r
         for (int64_t t = 0; t < tokens; t++) {
             float sum = 0.0f;
             for (int64_t k = 0; k < K; k++) {
-                sum += x[t * ldx + k] * wf[static_cast<size_t>(k)];
+                sum += x.value(t0 + t, k) * wf[static_cast<size_t>(k)];
             }
             y[t * ldy + r] = sum + (bias != nullptr ? bias[r] : 0.0f);
         }
@@ -339,13 +406,16 @@ SDCPP_F16_TARGET bool store_tile(const float* buf, const float* inv, const float
 
 }  // namespace
 
-SDCPP_F16_TARGET void product_block(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw, const float* bias,
-                                    float* y, int64_t ldy, int64_t t0, int64_t n, int64_t M, int64_t K) {
+SDCPP_F16_TARGET void product_block(const Tokens& x, const uint16_t* w, int64_t ldw, const float* bias, float* y,
+                                    int64_t ldy, int64_t t0, int64_t n, int64_t M, int64_t K) {
     Scratch& s = scratch();
     alignas(64) float inv[kBlockTokens];
     alignas(64) float buf[kRows * 64];
-    const float* xb = x + t0 * ldx;
-    pack_tokens(xb, ldx, n, K, s, inv);
+    if (x.channels > 0) {
+        pack_patches(x, t0, n, K, s, inv);
+    } else {
+        pack_rows(x, t0, n, K, s, inv);
+    }
     for (int64_t m0 = 0; m0 < M; m0 += kRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m0));
         const uint16_t* wr[kRows];
@@ -358,7 +428,7 @@ SDCPP_F16_TARGET void product_block(const float* x, int64_t ldx, const uint16_t*
             float* yt = y + (t0 + c) * ldy + m0;
             tile(wr, s.packed.data(), c, K, buf);
             if (!store_tile(buf, inv + c, b, rows, yt, ldy, tokens)) {
-                tile_f32(xb + c * ldx, ldx, wr, rows, b, yt, ldy, tokens, K);
+                tile_f32(x, t0 + c, wr, rows, b, yt, ldy, tokens, K);
             }
         }
     }
@@ -393,8 +463,8 @@ SDCPP_F16_TARGET void q8_0_to_f16_row(const void* src, uint16_t* dst, int64_t n)
 void f32_to_f16_row(const float*, uint16_t*, int64_t) { std::abort(); }
 void q8_0_to_f16_row(const void*, uint16_t*, int64_t) { std::abort(); }
 
-void product_block(const float*, int64_t, const uint16_t*, int64_t, const float*, float*, int64_t, int64_t, int64_t,
-                   int64_t, int64_t) {
+void product_block(const Tokens&, const uint16_t*, int64_t, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                   int64_t) {
     std::abort();  // available() is false in such builds
 }
 

@@ -29,16 +29,39 @@ std::string unavailable_reason();
 constexpr int64_t kBlockTokens = 64;
 constexpr int64_t kTileRows = 12;
 
-// y[t, m] = sum_k x[t, k] w[m, k] (+ bias[m]) for the tokens t of [t0, t0 + n), n <= kBlockTokens: x f32 rows of K
-// (stride ldx), w M rows of K f16 (IEEE half, stride ldw elements), y f32 rows (stride ldy), bias f32 [M] or
-// nullptr. Uses this thread's scratch buffer; available() must hold.
-void product_block(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw, const float* bias, float* y,
-                   int64_t ldy, int64_t t0, int64_t n, int64_t M, int64_t K);
+// The activations of a product: value(t, k) of token t.
+//   Rows (channels == 0): x holds rows of K f32 with stride `ld`; value(t, k) = x[t * ld + k].
+//   3x3 patches (channels > 0): x is a conv input padded by one pixel on every side ([width + 2, height + 2,
+//   channels, images] in ggml's order, contiguous); token t is output pixel (t % width, t / width % height) of image
+//   t / (width * height), and k = 9 c + 3 ky + kx, the order of a ggml conv weight's rows, which is read as stored.
+//   width must be a multiple of 16: 16 tokens in a row are 16 adjacent pixels, loaded as one vector. This is im2col
+//   without its matrix.
+struct Tokens {
+    const float* x = nullptr;
+    int64_t ld = 0;
+    int64_t channels = 0, width = 0, height = 0;
+
+    float value(int64_t t, int64_t k) const {
+        if (channels == 0) {
+            return x[t * ld + k];
+        }
+        const int64_t ox = t % width, oy = t / width % height, image = t / (width * height);
+        const int64_t c = k / 9, ky = k % 9 / 3, kx = k % 3;
+        return x[(((image * channels + c) * (height + 2)) + oy + ky) * (width + 2) + ox + kx];
+    }
+};
+
+// y[t, m] = sum_k value(t, k) w[m, k] (+ bias[m]) for the tokens t of [t0, t0 + n), n <= kBlockTokens: w M rows of K
+// f16 (IEEE half, stride ldw elements), y f32 rows (stride ldy), bias f32 [M] or nullptr. Uses this thread's
+// scratch buffer; available() must hold.
+void product_block(const Tokens& x, const uint16_t* w, int64_t ldw, const float* bias, float* y, int64_t ldy,
+                   int64_t t0, int64_t n, int64_t M, int64_t K);
 
 // n f32 values as f16 (nearest even), and n values of q8_0 blocks (ggml's layout: an f16 scale, 32 int8) as f16:
 // the weight conversions of quantized models, vectorized (ggml's row converters are scalar in its base library).
 // available() must hold.
 void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n);
 void q8_0_to_f16_row(const void* src, uint16_t* dst, int64_t n);
+
 
 }  // namespace sdcpp::f16

@@ -209,6 +209,61 @@ py::array_t<float> py_f16_gemm(py::array_t<float, py::array::c_style | py::array
     return y;
 }
 
+// A 3x3 conv (stride 1, padding 1) of x [N, C, H, W] (f32, W a multiple of 16) with w [OC, C, 3, 3] float16 (+ bias
+// [OC]) on one thread's AVX512-FP16 kernel, reading the padded planes in place; -> [N, OC, H, W]. Tests, benchmarks.
+py::array_t<float> py_f16_conv3x3(py::array_t<float, py::array::c_style | py::array::forcecast> x, py::array w,
+                                  std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> bias) {
+    if (!f16::available()) {
+        throw std::runtime_error("AVX512-FP16 products are not available: " + f16::unavailable_reason());
+    }
+    if (w.dtype().kind() != 'f' || w.dtype().itemsize() != 2 || !(w.flags() & py::array::c_style)) {
+        throw std::invalid_argument("f16_conv3x3: w must be a C-contiguous float16 array");
+    }
+    if (x.ndim() != 4 || w.ndim() != 4 || w.shape(1) != x.shape(1) || w.shape(2) != 3 || w.shape(3) != 3) {
+        throw std::invalid_argument("f16_conv3x3 takes x [N, C, H, W] and w [OC, C, 3, 3]");
+    }
+    const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3), OC = w.shape(0);
+    if (W % 16 != 0) {
+        throw std::invalid_argument("f16_conv3x3: the width must be a multiple of 16");
+    }
+    if (bias && (bias->ndim() != 1 || bias->shape(0) != OC)) {
+        throw std::invalid_argument("f16_conv3x3: bias must have OC elements");
+    }
+    std::vector<float> padded(static_cast<size_t>(N * C * (H + 2) * (W + 2)), 0.0f);
+    const float* px = x.data();
+    for (int64_t p = 0; p < N * C; p++) {
+        for (int64_t r = 0; r < H; r++) {
+            std::copy(px + (p * H + r) * W, px + (p * H + r + 1) * W,
+                      padded.data() + (p * (H + 2) + r + 1) * (W + 2) + 1);
+        }
+    }
+    const int64_t R = N * H * W, K = 9 * C;
+    std::vector<float> tokens_out(static_cast<size_t>(R * OC));
+    f16::Tokens tokens;
+    tokens.x = padded.data();
+    tokens.channels = C;
+    tokens.width = W;
+    tokens.height = H;
+    const auto* pw = static_cast<const uint16_t*>(w.data());
+    const float* pb = bias ? bias->data() : nullptr;
+    {
+        py::gil_scoped_release nogil;
+        for (int64_t t0 = 0; t0 < R; t0 += f16::kBlockTokens) {
+            f16::product_block(tokens, pw, K, pb, tokens_out.data(), OC, t0, std::min(f16::kBlockTokens, R - t0), OC,
+                               K);
+        }
+    }
+    py::array_t<float> y({N, OC, H, W});
+    float* py_ = y.mutable_data();
+    for (int64_t t = 0; t < R; t++) {  // token t = (n, row, column)
+        const int64_t n = t / (H * W), hw = t % (H * W);
+        for (int64_t m = 0; m < OC; m++) {
+            py_[(n * OC + m) * H * W + hw] = tokens_out[static_cast<size_t>(t * OC + m)];
+        }
+    }
+    return y;
+}
+
 void bind_weight_store(py::module_& m) {
     py::class_<WeightStore>(m, "WeightStore",
                             "Named ggml tensors in one backend buffer: add() all, allocate(), then set()/get().")
@@ -317,6 +372,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("f16_gemm", &py_f16_gemm, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
           "x @ w.T (+ bias) for float32 x [R, K] and float16 w [M, K] on one thread's AVX512-FP16 kernel (tests, "
           "benchmarks).");
+    m.def("f16_conv3x3", &py_f16_conv3x3, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
+          "3x3 conv (stride 1, padding 1) of float32 x [N, C, H, W] with float16 w [OC, C, 3, 3] on one thread's "
+          "AVX512-FP16 kernel (tests, benchmarks).");
     m.def("amx_gemm", &py_amx_gemm, py::arg("a"), py::arg("b"), py::arg("trans_b") = false,
           "a @ b (or a @ b.T) of float32 matrices on one thread's AMX bf16 kernel (for tests and benchmarks).");
     bind_weight_store(m);

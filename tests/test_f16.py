@@ -199,3 +199,36 @@ def test_model_generate_with_f16(fixtures_dir):
     a, b = np.asarray(f32[0], np.float64), np.asarray(f16[0], np.float64)
     print("mean / max abs difference (0..255):", np.abs(a - b).mean(), np.abs(a - b).max())
     assert np.abs(a - b).mean() <= (2.0 if F16 else 0.0)
+
+
+def _conv_exact(x, w, b=None):
+    """3x3, stride 1, padding 1, in f64 (torch, the reference of every conv test here)."""
+    torch = pytest.importorskip("torch")
+    y = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64)),
+                                   None if b is None else torch.from_numpy(b.astype(np.float64)), padding=1)
+    return y.numpy()
+
+
+@needs_f16
+@pytest.mark.parametrize("N, C, H, W, OC", [(1, 4, 3, 16, 5), (2, 5, 7, 32, 13), (3, 32, 2, 16, 40),
+                                            (1, 17, 5, 48, 24)])
+def test_f16_conv3x3_matches_torch(N, C, H, W, OC):
+    """Patches read from the padded planes in place: images and rows across a block, an odd K (C odd), channel
+    counts past a tile, and a scale per output pixel from its own patch."""
+    rng = np.random.default_rng(N * 100 + C + H + W + OC)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    x[0, :, 0, :3] *= 1e4  # pixels of other magnitudes in the same block
+    w = (rng.standard_normal((OC, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float16)
+    b = rng.standard_normal(OC).astype(np.float32)
+    y = core().f16_conv3x3(x, w, b)
+    assert y.shape == (N, OC, H, W)
+    assert rel_l2(y, _conv_exact(x, w, b)) <= KERNEL_MAX_ERR
+    # the pixel next to the large ones keeps its own accuracy (its patch, not the block, sets its scale)
+    far = _conv_exact(x, w, b)[0, :, 1, 8:]
+    assert rel_l2(y[0, :, 1, 8:], far) <= KERNEL_MAX_ERR
+
+
+@needs_f16
+def test_f16_conv3x3_rejects_widths_off_the_vector():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        core().f16_conv3x3(np.zeros((1, 2, 4, 8), np.float32), np.zeros((3, 2, 3, 3), np.float16))

@@ -239,25 +239,27 @@ SDCPP_F16_TARGET void pack_patches(const Tokens& x, int64_t t0, int64_t n, int64
         const __m512i order = _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0);
         constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         int64_t c = 0, tap = 0;  // of k = 2q; k + 1 follows
-        for (int64_t q = 0; q < K / 2; q++) {
+        for (int64_t q = 0; q < (K + 1) / 2; q++) {
             const float* pa = base + c * plane + tap_at[tap];
             if (++tap == 9) {
                 tap = 0;
                 c++;
             }
-            const float* pb = base + c * plane + tap_at[tap];
+            const bool last = 2 * q + 1 == K;  // an odd K's last k pairs with a zero
+            const float* pb = last ? pa : base + c * plane + tap_at[tap];
             if (++tap == 9) {
                 tap = 0;
                 c++;
             }
             const __m256i ha = _mm512_cvtps_ph(_mm512_mul_ps(_mm512_loadu_ps(pa), scale), kRound);
-            const __m256i hb = _mm512_cvtps_ph(_mm512_mul_ps(_mm512_loadu_ps(pb), scale), kRound);
+            const __m256i hb = last ? _mm256_setzero_si256()
+                                    : _mm512_cvtps_ph(_mm512_mul_ps(_mm512_loadu_ps(pb), scale), kRound);
             // words (a_j, b_j): unpack works within 128-bit lanes, the permute puts the four quarters in order
             const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_unpacklo_epi16(ha, hb)),
                                                     _mm256_unpackhi_epi16(ha, hb), 1);
             _mm512_storeu_si512(out + q * kBlockTokens, _mm512_permutexvar_epi64(order, both));
         }
-        for (int64_t q = K / 2; q < Q; q++) {
+        for (int64_t q = (K + 1) / 2; q < Q; q++) {
             _mm512_storeu_si512(out + q * kBlockTokens, _mm512_setzero_si512());
         }
     }

@@ -202,8 +202,9 @@ py::array_t<float> py_f16_gemm(py::array_t<float, py::array::c_style | py::array
         f16::Tokens tokens;
         tokens.x = px;
         tokens.ld = K;
+        const f16::Output out{py_, M, 0};
         for (int64_t t0 = 0; t0 < R; t0 += f16::kBlockTokens) {
-            f16::product_block(tokens, pw, K, pb, py_, M, t0, std::min(f16::kBlockTokens, R - t0), M, K);
+            f16::product_block(tokens, pw, K, pb, out, t0, std::min(f16::kBlockTokens, R - t0), M, K);
         }
     }
     return y;
@@ -238,27 +239,19 @@ py::array_t<float> py_f16_conv3x3(py::array_t<float, py::array::c_style | py::ar
         }
     }
     const int64_t R = N * H * W, K = 9 * C;
-    std::vector<float> tokens_out(static_cast<size_t>(R * OC));
+    py::array_t<float> y({N, OC, H, W});
     f16::Tokens tokens;
     tokens.x = padded.data();
     tokens.channels = C;
     tokens.width = W;
     tokens.height = H;
+    const f16::Output out{y.mutable_data(), OC, H * W};
     const auto* pw = static_cast<const uint16_t*>(w.data());
     const float* pb = bias ? bias->data() : nullptr;
     {
         py::gil_scoped_release nogil;
         for (int64_t t0 = 0; t0 < R; t0 += f16::kBlockTokens) {
-            f16::product_block(tokens, pw, K, pb, tokens_out.data(), OC, t0, std::min(f16::kBlockTokens, R - t0), OC,
-                               K);
-        }
-    }
-    py::array_t<float> y({N, OC, H, W});
-    float* py_ = y.mutable_data();
-    for (int64_t t = 0; t < R; t++) {  // token t = (n, row, column)
-        const int64_t n = t / (H * W), hw = t % (H * W);
-        for (int64_t m = 0; m < OC; m++) {
-            py_[(n * OC + m) * H * W + hw] = tokens_out[static_cast<size_t>(t * OC + m)];
+            f16::product_block(tokens, pw, K, pb, out, t0, std::min(f16::kBlockTokens, R - t0), OC, K);
         }
     }
     return y;

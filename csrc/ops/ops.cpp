@@ -165,8 +165,7 @@ ggml_tensor* conv3x3_f16(const Graph& g, ggml_tensor* x, ggml_tensor* w, const s
     w = matmul_weight(g, w, x->ne[0] * x->ne[1] * x->ne[3]);
     ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 1, 0, 0, 0, 0), "conv.pad");
     ggml_tensor* bias = fusable_bias(g, prefix, OC);
-    ggml_tensor* y = named(blas::conv3x3_f16(g.ctx, xp, w, bias, g.cancel()), "conv.matmul");  // [OC, W, H, N]
-    y = named(ggml_cont(g.ctx, ggml_permute(g.ctx, y, 2, 0, 1, 3)), "conv.layout");
+    ggml_tensor* y = named(blas::conv3x3_f16(g.ctx, xp, w, bias, g.cancel()), "conv.matmul");  // [W, H, OC, N]
     if (bias != nullptr || !g.has(prefix + ".bias")) {
         return y;
     }

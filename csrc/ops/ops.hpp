@@ -33,9 +33,9 @@ struct Options {
     // operands to bf16 and run on AMX (runtime/amx.hpp), where the CPU has it; norms, softmax, the timestep
     // embedding and every accumulation stay f32. Without AMX this changes nothing.
     bool bf16 = false;
-    // precision="f16": the wide linear products (and 1x1 convs) take f16 operands with f16 partial sums on
-    // AVX512-FP16 (runtime/f16_gemm.hpp), where the CPU has it; everything else as with f32. Without it this
-    // changes nothing.
+    // precision="f16": the linear products and convs with >= 32 activation columns (3x3 ones read in place, the
+    // rest through im2col) take f16 operands with f16 partial sums on AVX512-FP16 (runtime/f16_gemm.hpp), where
+    // the CPU has it; attention, norms, softmax and the rest as with f32. Without it this changes nothing.
     bool f16 = false;
 };
 
@@ -70,7 +70,7 @@ struct Graph {
     bool use_blas() const;
     // Products run in bf16 on AMX (opt.bf16 and the CPU can).
     bool bf16() const;
-    // Wide linear products run in f16 on AVX512-FP16 (opt.f16 and the CPU can).
+    // Products run in f16 on AVX512-FP16 (opt.f16 and the CPU can).
     bool f16() const;
 
     // The token sdcpp's custom ops in this graph poll (the runner's).

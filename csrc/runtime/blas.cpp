@@ -283,6 +283,7 @@ void rows_product_f16(ggml_tensor* dst, int ith, int nth, void* userdata) {
     tokens.height = args->height;
     const auto* ws = static_cast<const uint16_t*>(w->data);
     auto* y = static_cast<float*>(dst->data);
+    const int64_t plane = args->channels > 0 ? args->width * args->height : 0;  // convs write [W, H, OC, N]
     const int64_t blocks = (R + f16::kBlockTokens - 1) / f16::kBlockTokens;
     int64_t m0 = 0, m1 = M, first = ith, step = nth;
     if (blocks < nth) {
@@ -297,7 +298,8 @@ void rows_product_f16(ggml_tensor* dst, int ith, int nth, void* userdata) {
             return;
         }
         const int64_t t0 = blk * f16::kBlockTokens;
-        f16::product_block(tokens, ws + m0 * ldw, ldw, b != nullptr ? b + m0 : nullptr, y + m0, M, t0,
+        const f16::Output out{y + m0 * (plane > 0 ? plane : 1), M, plane};
+        f16::product_block(tokens, ws + m0 * ldw, ldw, b != nullptr ? b + m0 : nullptr, out, t0,
                            std::min(f16::kBlockTokens, R - t0), m1 - m0, K);
     }
 }
@@ -358,7 +360,7 @@ ggml_tensor* conv3x3_f16(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* w, ggm
     const int64_t W = xp->ne[0] - 2, H = xp->ne[1] - 2, C = xp->ne[2], N = xp->ne[3];
     ggml_tensor* args[] = {w, xp, bias};
     F16Args* params = custom_op_args(ctx, F16Args{cancel, C, W, H});
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], W, H, N, args, bias ? 3 : 2, rows_product_f16,
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, w->ne[1], N, args, bias ? 3 : 2, rows_product_f16,
                           GGML_N_TASKS_MAX, params);
 }
 

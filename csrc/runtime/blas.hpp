@@ -46,7 +46,7 @@ ggml_tensor* mul_mat_f16(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, ggml
 
 // A 3x3 conv (stride 1, padding 1) on the same kernel without an im2col matrix: xp is the input padded by one
 // pixel on every side ([W+2, H+2, C, N], contiguous, W a multiple of 16), w [9C, OC] the f16 weight as stored.
-// Returns [OC, W, H, N] (channels first, as a product's output).
+// Returns [W, H, OC, N], written plane by plane (no layout copy).
 ggml_tensor* conv3x3_f16(ggml_context* ctx, ggml_tensor* xp, ggml_tensor* w, ggml_tensor* bias,
                          const CancelToken* cancel);
 

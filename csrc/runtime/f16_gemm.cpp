@@ -323,8 +323,8 @@ SDCPP_F16_TARGET void tile(const uint16_t* const w[kRows], const uint32_t* packe
 }
 
 // The exact f32 result of one tile, for tiles whose f16 sums overflowed.
-void tile_f32(const Tokens& x, int64_t t0, const uint16_t* const w[kRows], int rows, const float* bias, float* y,
-              int64_t ldy, int64_t tokens, int64_t K) {
+void tile_f32(const Tokens& x, int64_t t0, const uint16_t* const w[kRows], int rows, const float* bias,
+              const Output& y, int64_t m0, int64_t tokens, int64_t K) {
     std::vector<float> wf(static_cast<size_t>(K));
     for (int r = 0; r < rows; r++) {
         for (int64_t k = 0; k < K; k++) {
@@ -337,7 +337,7 @@ void tile_f32(const Tokens& x, int64_t t0, const uint16_t* const w[kRows], int r
             for (int64_t k = 0; k < K; k++) {
                 sum += x.value(t0 + t, k) * wf[static_cast<size_t>(k)];
             }
-            y[t * ldy + r] = sum + (bias != nullptr ? bias[r] : 0.0f);
+            *y.at(t0 + t, m0 + r) = sum + (bias != nullptr ? bias[r] : 0.0f);
         }
     }
 }
@@ -361,10 +361,10 @@ SDCPP_F16_TARGET inline void transpose8(__m256 r[8]) {
     }
 }
 
-// y rows of the tile's tokens (columns m0..m0+rows) = (even + odd sums) * inv + bias; false (nothing written)
-// when a sum is not finite.
-SDCPP_F16_TARGET bool store_tile(const float* buf, const float* inv, const float* bias, int rows, float* y,
-                                 int64_t ldy, int64_t tokens) {
+// Results (t + i, m0 + r) of the tile's tokens i < tokens and rows r < rows = (even + odd sums) * inv + bias;
+// false (nothing written) when a sum is not finite.
+SDCPP_F16_TARGET bool store_tile(const float* buf, const float* inv, const float* bias, int rows, const Output& y,
+                                 int64_t t, int64_t m0, int64_t tokens) {
     alignas(64) float sums[(kRows + 7) / 8 * 8][kTileTokens] = {};
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
@@ -384,6 +384,18 @@ SDCPP_F16_TARGET bool store_tile(const float* buf, const float* inv, const float
     if (bad != 0) {
         return false;
     }
+    if (y.plane > 0) {  // 16 tokens of one image are adjacent: one (masked) vector store per row and half
+        for (int r = 0; r < rows; r++) {
+            const __m512 bv = _mm512_set1_ps(bias != nullptr ? bias[r] : 0.0f);
+            for (int64_t h = 0; h * 16 < tokens; h++) {
+                _mm512_mask_storeu_ps(y.at(t + h * 16, m0 + r), first_n(tokens - h * 16),
+                                      _mm512_add_ps(_mm512_load_ps(sums[r] + h * 16), bv));
+            }
+        }
+        return true;
+    }
+    float* out = y.at(t, m0);
+    const int64_t ldy = y.ld;
     for (int g = 0; g < rows; g += 8) {  // groups of 8 weight rows: one 8 x 8 transpose per 8 tokens
         const int n = std::min(8, rows - g);
         alignas(32) float b[8] = {};
@@ -399,7 +411,7 @@ SDCPP_F16_TARGET bool store_tile(const float* buf, const float* inv, const float
             }
             transpose8(c);
             for (int64_t j = 0; j < 8 && t0 + j < tokens; j++) {
-                _mm256_mask_storeu_ps(y + (t0 + j) * ldy + g, cols, _mm256_add_ps(c[j], bv));
+                _mm256_mask_storeu_ps(out + (t0 + j) * ldy + g, cols, _mm256_add_ps(c[j], bv));
             }
         }
     }
@@ -408,8 +420,8 @@ SDCPP_F16_TARGET bool store_tile(const float* buf, const float* inv, const float
 
 }  // namespace
 
-SDCPP_F16_TARGET void product_block(const Tokens& x, const uint16_t* w, int64_t ldw, const float* bias, float* y,
-                                    int64_t ldy, int64_t t0, int64_t n, int64_t M, int64_t K) {
+SDCPP_F16_TARGET void product_block(const Tokens& x, const uint16_t* w, int64_t ldw, const float* bias,
+                                    const Output& y, int64_t t0, int64_t n, int64_t M, int64_t K) {
     Scratch& s = scratch();
     alignas(64) float inv[kBlockTokens];
     alignas(64) float buf[kRows * 64];
@@ -427,10 +439,9 @@ SDCPP_F16_TARGET void product_block(const Tokens& x, const uint16_t* w, int64_t 
         const float* b = bias != nullptr ? bias + m0 : nullptr;
         for (int64_t c = 0; c < n; c += kTileTokens) {
             const int64_t tokens = std::min(kTileTokens, n - c);
-            float* yt = y + (t0 + c) * ldy + m0;
             tile(wr, s.packed.data(), c, K, buf);
-            if (!store_tile(buf, inv + c, b, rows, yt, ldy, tokens)) {
-                tile_f32(x, t0 + c, wr, rows, b, yt, ldy, tokens, K);
+            if (!store_tile(buf, inv + c, b, rows, y, t0 + c, m0, tokens)) {
+                tile_f32(x, t0 + c, wr, rows, b, y, m0, tokens, K);
             }
         }
     }
@@ -465,7 +476,7 @@ SDCPP_F16_TARGET void q8_0_to_f16_row(const void* src, uint16_t* dst, int64_t n)
 void f32_to_f16_row(const float*, uint16_t*, int64_t) { std::abort(); }
 void q8_0_to_f16_row(const void*, uint16_t*, int64_t) { std::abort(); }
 
-void product_block(const Tokens&, const uint16_t*, int64_t, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+void product_block(const Tokens&, const uint16_t*, int64_t, const float*, const Output&, int64_t, int64_t, int64_t,
                    int64_t) {
     std::abort();  // available() is false in such builds
 }

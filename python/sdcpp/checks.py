@@ -78,9 +78,9 @@ PRECISIONS = ("f32", "bf16", "f16")
 def precision(value) -> str:
     """The compute precision of the products: "f32" (exact kernels, the default), "bf16" (operands rounded to bf16,
     accumulated in f32, on AMX where the CPU has it; norms, softmax and time embeddings stay f32; without AMX the
-    f32 kernels run) or "f16" (the wide linear products and 1x1 convs on AVX512-FP16 where the CPU has it: f16
-    operands, f16 partial sums of 16 terms, f32 totals; the rest as f32; without it the f32 kernels run). See
-    docs/benchmarks.md for their speed and error, and `sdcpp system-info` for what this CPU runs."""
+    f32 kernels run) or "f16" (linear products and convs on AVX512-FP16 where the CPU has it: f16 operands, f16
+    partial sums of 32 terms, f32 totals; attention, norms and the rest as f32; without it the f32 kernels run).
+    See docs/benchmarks.md for their speed and error, and `sdcpp system-info` for what this CPU runs."""
     if value not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
     return value

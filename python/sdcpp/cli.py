@@ -17,7 +17,7 @@ def cpu_products(c) -> dict:
     AMX when here, precision="f16" on AVX512-FP16 when here (else the f32 ones)."""
     return dict(f32="openblas" if c.blas_library() else "ggml",
                 bf16="amx" if c.amx_available() else f"f32 kernels ({c.amx_unavailable_reason()})",
-                f16="avx512-fp16 (linear products)" if c.f16_available()
+                f16="avx512-fp16" if c.f16_available()
                 else f"f32 kernels ({c.f16_unavailable_reason()})")
 
 

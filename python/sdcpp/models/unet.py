@@ -25,7 +25,7 @@ class UNet(GraphModel):
     `f32_matmul_min_cols`: products with at least this many activation columns (tokens x batch) convert a
     non-f32 weight to f32 in the compute buffer and use f32 sgemm (faster on AVX-512 CPUs, and activations are
     not rounded to 8 bits as in ggml's quantized products); 0 = never, -1 = the backend's default (256 on the
-    CPU, never on GPUs). `precision`: "f32" or "bf16" (`sdcpp.checks.precision`)."""
+    CPU, never on GPUs). `precision`: "f32", "bf16" or "f16" (`sdcpp.checks.precision`)."""
 
     def __init__(self, weights, n_threads: int = 0, flash_attn: bool | None = None, max_im2col_mib: float = 256,
                  f32_matmul_min_cols: int = -1, precision: str = "f32"):

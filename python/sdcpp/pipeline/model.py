@@ -50,8 +50,10 @@ class Model:
     `lora_mode`: "auto" (runtime for a LoRA on quantized layers, merged when all its layers are float), "merge"
     (fixed strength, free at run time) or "runtime" (strength per call, see generate(loras=)); `lora_dir`: where
     `<lora:name:0.8>` prompt tags and generate(loras={name: ...}) find files by name (docs/lora.md).
-    `precision`: "f32" (default: exact f32 products) or "bf16" (products with bf16 operands on AMX where the CPU has
-    it, ~1.4x faster for the UNet here; norms, softmax and the timestep embedding stay f32; docs/benchmarks.md)."""
+    `precision`: "f32" (default: exact f32 products), "bf16" (products with bf16 operands on AMX where the CPU has
+    it, ~1.4x faster for the UNet there; norms, softmax and the timestep embedding stay f32) or "f16" (products and
+    convs with f16 operands on AVX512-FP16 CPUs, for those without AMX; `sdcpp system-info` says which kernel each
+    precision gets here; docs/benchmarks.md)."""
 
     def __init__(self, path, *, device: str = "cpu", n_threads: int = 0, prediction: str | None = None,
                  flash_attn: bool | None = None, precision: str = "f32", progress=True, preview=None, lora_dir=None,

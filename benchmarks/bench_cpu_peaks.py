@@ -55,7 +55,8 @@ def main():
         med = statistics.median(values)
         ratio = f"{med / f32:.2f}x" if f32 else "-"
         print(f"{labels.get(key, key):<42} {med:8.0f} {max(values):8.0f} {ratio:>11}")
-    print(f"precision='bf16' products here: {cpu_products(c)['bf16']}")
+    kernels = cpu_products(c)
+    print(f"precision='bf16' products here: {kernels['bf16']}; precision='f16': {kernels['f16']}")
 
 
 if __name__ == "__main__":

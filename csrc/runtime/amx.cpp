@@ -1,5 +1,7 @@
 #include "runtime/amx.hpp"
 
+#include "runtime/cpu_features.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -9,7 +11,6 @@
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 #define SDCPP_AMX_BUILD 1
-#include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -36,32 +37,22 @@ std::string reason;
 
 #ifdef SDCPP_AMX_BUILD
 bool detect() {
-    if (const char* off = std::getenv("SDCPP_NO_AMX"); off != nullptr && *off != '\0' && std::strcmp(off, "0") != 0) {
+    if (cpu::disabled_by("SDCPP_NO_AMX")) {
         reason = "disabled by SDCPP_NO_AMX";
         return false;
     }
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) {
-        reason = "no OSXSAVE";
+    cpu::Leaf7 leaf;
+    if (!cpu::read_leaf7(leaf, reason)) {
         return false;
     }
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-        reason = "no cpuid leaf 7";
-        return false;
-    }
-    const bool avx512 = (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31));  // F, BW, VL
-    const bool amx = (d & (1u << 22)) && (d & (1u << 24));                         // AMX-BF16, AMX-TILE
-    unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
-    const bool bf16 = __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) && (a1 & (1u << 5));  // AVX512-BF16
-    if (!avx512 || !amx || !bf16) {
+    const bool amx = (leaf.edx & (1u << 22)) && (leaf.edx & (1u << 24));  // AMX-BF16, AMX-TILE
+    const bool bf16 = leaf.eax1 & (1u << 5);                              // AVX512-BF16
+    if (!leaf.avx512_f_bw_vl() || !amx || !bf16) {
         // AVX512-BF16 alone is not used: its vdpbf16ps ran at half the f32 FMA rate where measured (runtime/peaks.hpp).
         reason = !amx ? "the CPU lacks AMX-TILE / AMX-BF16" : "the CPU lacks AVX-512 BF16";
         return false;
     }
-    unsigned lo = 0, hi = 0;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    const unsigned need = (1u << 1) | (1u << 2) | (7u << 5) | (3u << 17);  // SSE, AVX, AVX-512, tile cfg + data
-    if ((lo & need) != need) {
+    if (!cpu::os_enables((1u << 1) | (1u << 2) | (7u << 5) | (3u << 17))) {  // SSE, AVX, AVX-512, tile cfg + data
         reason = "the OS does not enable AVX-512 / AMX state";
         return false;
     }

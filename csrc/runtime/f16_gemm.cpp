@@ -1,5 +1,7 @@
 #include "runtime/f16_gemm.hpp"
 
+#include "runtime/cpu_features.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -9,7 +11,6 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define SDCPP_F16_BUILD 1
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -19,42 +20,26 @@ namespace {
 
 std::string reason;
 
-#ifdef SDCPP_F16_BUILD
 bool detect() {
-    if (const char* off = std::getenv("SDCPP_NO_F16"); off != nullptr && *off != '\0' && std::strcmp(off, "0") != 0) {
+    if (cpu::disabled_by("SDCPP_NO_F16")) {
         reason = "disabled by SDCPP_NO_F16";
         return false;
     }
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) {
-        reason = "no OSXSAVE";
+    cpu::Leaf7 leaf;
+    if (!cpu::read_leaf7(leaf, reason)) {
         return false;
     }
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-        reason = "no cpuid leaf 7";
-        return false;
-    }
-    const bool avx512 = (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31));  // F, BW, VL
-    const bool fp16 = d & (1u << 23);                                                // AVX512-FP16
-    if (!avx512 || !fp16) {
+    const bool avx512 = leaf.avx512_f_bw_vl();
+    if (!avx512 || !(leaf.edx & (1u << 23))) {  // AVX512-FP16
         reason = !avx512 ? "the CPU lacks AVX-512 F/BW/VL" : "the CPU lacks AVX512-FP16";
         return false;
     }
-    unsigned lo = 0, hi = 0;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    const unsigned need = (1u << 1) | (1u << 2) | (7u << 5);  // SSE, AVX, AVX-512 state
-    if ((lo & need) != need) {
+    if (!cpu::os_enables((1u << 1) | (1u << 2) | (7u << 5))) {  // SSE, AVX, AVX-512 state
         reason = "the OS does not enable AVX-512 state";
         return false;
     }
     return true;
 }
-#else
-bool detect() {
-    reason = "not an x86-64 build";
-    return false;
-}
-#endif
 
 }  // namespace
 

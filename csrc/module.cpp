@@ -175,16 +175,22 @@ py::array_t<float> py_amx_gemm(py::array_t<float, py::array::c_style | py::array
     return c;
 }
 
-// x [R, K] (f32) @ w.T for w [M, K] float16, + bias [M] (or None), on one thread's AVX512-FP16 kernel; for tests
-// and benchmarks.
-py::array_t<float> py_f16_gemm(py::array_t<float, py::array::c_style | py::array::forcecast> x, py::array w,
-                               std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> bias) {
+// The bits of the float16 weight of an f16 test hook `fn`, once the kernel is known to run here.
+const uint16_t* f16_weight(const py::array& w, const char* fn) {
     if (!f16::available()) {
         throw std::runtime_error("AVX512-FP16 products are not available: " + f16::unavailable_reason());
     }
     if (w.dtype().kind() != 'f' || w.dtype().itemsize() != 2 || !(w.flags() & py::array::c_style)) {
-        throw std::invalid_argument("f16_gemm: w must be a C-contiguous float16 array");
+        throw std::invalid_argument(std::string(fn) + ": w must be a C-contiguous float16 array");
     }
+    return static_cast<const uint16_t*>(w.data());
+}
+
+// x [R, K] (f32) @ w.T for w [M, K] float16, + bias [M] (or None), on one thread's AVX512-FP16 kernel; for tests
+// and benchmarks.
+py::array_t<float> py_f16_gemm(py::array_t<float, py::array::c_style | py::array::forcecast> x, py::array w,
+                               std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> bias) {
+    const auto* pw = f16_weight(w, "f16_gemm");
     if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1)) {
         throw std::invalid_argument("f16_gemm takes x [R, K] and w [M, K]");
     }
@@ -194,7 +200,6 @@ py::array_t<float> py_f16_gemm(py::array_t<float, py::array::c_style | py::array
     }
     py::array_t<float> y({R, M});
     const float* px = x.data();
-    const auto* pw = static_cast<const uint16_t*>(w.data());
     const float* pb = bias ? bias->data() : nullptr;
     float* py_ = y.mutable_data();
     {
@@ -214,12 +219,7 @@ py::array_t<float> py_f16_gemm(py::array_t<float, py::array::c_style | py::array
 // [OC]) on one thread's AVX512-FP16 kernel, reading the padded planes in place; -> [N, OC, H, W]. Tests, benchmarks.
 py::array_t<float> py_f16_conv3x3(py::array_t<float, py::array::c_style | py::array::forcecast> x, py::array w,
                                   std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> bias) {
-    if (!f16::available()) {
-        throw std::runtime_error("AVX512-FP16 products are not available: " + f16::unavailable_reason());
-    }
-    if (w.dtype().kind() != 'f' || w.dtype().itemsize() != 2 || !(w.flags() & py::array::c_style)) {
-        throw std::invalid_argument("f16_conv3x3: w must be a C-contiguous float16 array");
-    }
+    const auto* pw = f16_weight(w, "f16_conv3x3");
     if (x.ndim() != 4 || w.ndim() != 4 || w.shape(1) != x.shape(1) || w.shape(2) != 3 || w.shape(3) != 3) {
         throw std::invalid_argument("f16_conv3x3 takes x [N, C, H, W] and w [OC, C, 3, 3]");
     }
@@ -246,7 +246,6 @@ py::array_t<float> py_f16_conv3x3(py::array_t<float, py::array::c_style | py::ar
     tokens.width = W;
     tokens.height = H;
     const f16::Output out{y.mutable_data(), OC, H * W};
-    const auto* pw = static_cast<const uint16_t*>(w.data());
     const float* pb = bias ? bias->data() : nullptr;
     {
         py::gil_scoped_release nogil;

@@ -140,6 +140,17 @@ ggml_tensor* conv2d_banded(const Graph& g, ggml_tensor* x, ggml_tensor* w, ggml_
     return out;
 }
 
+// A conv output y [W, H, OC, N] plus `prefix`.bias, unless the conv op already added it (`fused`, from
+// fusable_bias) or there is none.
+ggml_tensor* add_unfused_channel_bias(const Graph& g, ggml_tensor* y, const std::string& prefix,
+                                      const ggml_tensor* fused) {
+    if (fused != nullptr || !g.has(prefix + ".bias")) {
+        return y;
+    }
+    ggml_tensor* b = ggml_reshape_4d(g.ctx, g.w(prefix + ".bias"), 1, 1, y->ne[2], 1);
+    return named(ggml_add(g.ctx, y, b), "bias");
+}
+
 // A wide 3x3 conv on OpenBLAS (runtime/blas.hpp): the weight [C*9, OC] becomes per-tap f32 matrices [C, OC, 9]
 // (float types convert and reorder in one copy; quantized rows are dequantized first).
 ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const std::string& prefix) {
@@ -152,10 +163,7 @@ ggml_tensor* conv3x3_blas(const Graph& g, ggml_tensor* x, ggml_tensor* w, const 
     ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 2, 0, 0, 0, 0), "conv.pad");
     ggml_tensor* bias = fusable_bias(g, prefix, OC);
     ggml_tensor* y = named(blas::conv3x3(g.ctx, xp, taps, bias, g.cancel(), g.bf16()), "conv.matmul");
-    if (bias != nullptr || !g.has(prefix + ".bias")) {
-        return y;
-    }
-    return named(ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, g.w(prefix + ".bias"), 1, 1, OC, 1)), "bias");
+    return add_unfused_channel_bias(g, y, prefix, bias);
 }
 
 // A 3x3 conv (stride 1, padding 1) on the f16 kernel (f16_product), reading the padded input's planes in place
@@ -166,10 +174,7 @@ ggml_tensor* conv3x3_f16(const Graph& g, ggml_tensor* x, ggml_tensor* w, const s
     ggml_tensor* xp = named(ggml_pad_ext(g.ctx, contiguous(g.ctx, x), 1, 1, 1, 1, 0, 0, 0, 0), "conv.pad");
     ggml_tensor* bias = fusable_bias(g, prefix, OC);
     ggml_tensor* y = named(blas::conv3x3_f16(g.ctx, xp, w, bias, g.cancel()), "conv.matmul");  // [W, H, OC, N]
-    if (bias != nullptr || !g.has(prefix + ".bias")) {
-        return y;
-    }
-    return named(ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, g.w(prefix + ".bias"), 1, 1, OC, 1)), "bias");
+    return add_unfused_channel_bias(g, y, prefix, bias);
 }
 
 // The causal mask [T, T] (0 where key <= query, -inf after), added to the scaled scores; one per graph and type.
